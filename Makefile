@@ -1,0 +1,38 @@
+# `make demo` and `make test` each set up .venv on first use; nothing else is needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Fashion-MNIST's IDX files: a checkout next to ../shared finds them there unless MURMURA_DATA says.
+SHARED_FMNIST := $(abspath $(CURDIR)/../shared/datasets/fashion-mnist)
+ifeq ($(MURMURA_DATA),)
+ifneq ($(wildcard $(SHARED_FMNIST)/train-images-idx3-ubyte.gz),)
+export MURMURA_DATA := $(SHARED_FMNIST)
+endif
+endif
+
+.PHONY: install test demo lint bench clean
+
+install: $(STAMP)
+
+# torch first, pinned to the CPU wheel these machines carry: a bare `torch` requirement
+# with no torch importable would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest
+
+demo: install
+	$(PY) -m murmura demo
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+
+bench: install
+	$(PY) benchmarks/engine.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,22 @@
+"""murmura: decentralized and federated learning, every rule written for one node and run for
+all nodes at once.
+
+>>> import murmura
+>>> data = murmura.federate("digits", num_nodes=4, partition="iid", seed=0)
+>>> sim = murmura.Simulation(data, "logreg", "fedavg", algorithm_kwargs={"local_steps": 2})
+>>> len(sim.run(rounds=2))
+2
+"""
+
+__version__ = "0.1.0"
+
+from murmura.algorithms import ALGORITHMS, make_algorithm  # noqa: E402
+from murmura.data import DATASETS, PARTITIONERS, federate, load_dataset  # noqa: E402
+from murmura.models import MODELS, build_model  # noqa: E402
+from murmura.swarm.engine import Evaluation, Simulation  # noqa: E402
+from murmura.topology import TOPOLOGIES, make_topology  # noqa: E402
+
+__all__ = [
+    "ALGORITHMS", "DATASETS", "MODELS", "PARTITIONERS", "TOPOLOGIES", "Evaluation", "Simulation",
+    "__version__", "build_model", "federate", "load_dataset", "make_algorithm", "make_topology",
+]

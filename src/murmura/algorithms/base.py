@@ -1,0 +1,203 @@
+"""The rule interface every algorithm is built from (see docs/rules.md).
+
+A round is participation -> local update -> communication -> bookkeeping. Each stage is a rule
+written for ONE node; the engine (:mod:`murmura.swarm.engine`) runs it for all nodes at once and
+owns vectorization, randomness, byte counting and metrics:
+
+* a **local rule** (:class:`LocalRule`) says how a node turns its gradient into a parameter update
+  (SGD, momentum, SAM, a proximal term...). Its per-node state is ``[d]`` per node, stacked by the
+  engine into ``[n, d]`` tensors laid out like the parameters;
+* a **communication rule** (:class:`CommunicationRule`) says what a node receives and how it
+  combines it. Linear rules return a :class:`Mix` (``x_i <- sum_j W[i, j] m_j``, executed as one
+  sparse product) or an :class:`Average` (a server's weighted mean sent back, executed as one
+  matrix-vector product); the engine counts the bytes from the plan's routing;
+* a **participation rule** (:class:`Participation`) says who is awake this round;
+* a **schedule** (:class:`Schedule`) says in which rounds nodes communicate, and whether a single
+  global merge closes training.
+
+An :class:`Algorithm` is one of each, plus how much local work a round does
+(:class:`LocalWork`). Named algorithms are short compositions registered in ``ALGORITHMS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+import torch
+
+from murmura.registry import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from murmura.topology import MixingMatrix, Topology
+
+Tensor = torch.Tensor
+LossFn = Callable[..., Tensor]
+GradFn = Callable[..., dict[str, Tensor]]
+
+ALGORITHMS: Registry = Registry("algorithm")
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """What a rule may know about the current round (all plain values: rules stay pure)."""
+
+    round: int
+    total_rounds: int
+    seed: int
+    num_nodes: int
+    device: torch.device
+
+
+# ---------------------------------------------------------------------------------------------
+# local rules
+
+
+@runtime_checkable
+class LocalRule(Protocol):
+    """How one node updates its parameters from a minibatch gradient.
+
+    ``state_names`` lists per-node state vectors shaped like the parameters; the engine allocates
+    them as zero ``[n, d]`` tensors and hands ``update`` the matching slices.
+    """
+
+    state_names: tuple[str, ...]
+
+    def gradient(self, loss: LossFn) -> GradFn:
+        """The per-node gradient function ``(params, x, y[, w]) -> grads`` (both dicts of named
+        tensors). The default is ``torch.func.grad(loss)``; SAM-style rules wrap it."""
+        ...
+
+    def update(
+        self,
+        param: Tensor,
+        grad: Tensor,
+        state: Mapping[str, Tensor],
+        active: Tensor | None,
+    ) -> None:
+        """Apply one step to ``param`` (in place, like ``torch.optim``).
+
+        Every argument is the slice of one named parameter for a block of nodes, with the node
+        axis first; ``grad`` and the state tensors are donated to the rule (it may overwrite
+        them). ``active`` is ``None`` or a 0/1 float tensor broadcastable to ``param`` marking the
+        nodes that take this step; the others must be left unchanged, state included.
+        """
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# communication plans: what the engine executes and counts
+
+
+@dataclass(frozen=True)
+class Mix:
+    """``x_i <- sum_j W[i, j] x_j``: node ``j`` sends its model to every ``i`` with
+    ``W[i, j] != 0`` (i != j)."""
+
+    matrix: MixingMatrix
+
+
+@dataclass(frozen=True)
+class Average:
+    """A server averages the models of nodes with nonzero ``weights`` and sends the average to the
+    ``receivers`` (all nodes' rows are set to it; only receivers are counted as downloads)."""
+
+    weights: Tensor  # float [n]; zero for nodes that do not upload
+    receivers: Tensor | None = None  # bool [n]; None: the uploaders
+
+
+Plan = Mix | Average | None
+
+
+@runtime_checkable
+class CommunicationRule(Protocol):
+    """What nodes exchange in a communicating round, as a plan the engine executes."""
+
+    needs_topology: bool
+
+    def plan(
+        self,
+        ctx: RoundContext,
+        participants: Tensor | None,
+        topology: Topology | None,
+        sizes: Tensor,
+    ) -> Plan: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# participation and schedules
+
+
+@runtime_checkable
+class Participation(Protocol):
+    def select(self, ctx: RoundContext) -> Tensor | None:
+        """Sorted int64 ids of this round's participants, or ``None`` for every node."""
+        ...
+
+
+Action = Literal["communicate", "merge", "skip"]
+
+
+@runtime_checkable
+class Schedule(Protocol):
+    def action(self, round: int, total_rounds: int) -> Action:
+        """'communicate' (run the algorithm's rule), 'merge' (exact global average) or 'skip'."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# algorithms
+
+
+@dataclass(frozen=True)
+class LocalWork:
+    """How much local training a round does: ``steps`` minibatches, or ``epochs`` passes over
+    each node's data (exactly one must be set)."""
+
+    batch_size: int = 32
+    steps: int | None = None
+    epochs: float | None = None
+    reset_state_each_round: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError(
+                "local work: set exactly one of local_steps or local_epochs "
+                f"(got local_steps={self.steps!r}, local_epochs={self.epochs!r})"
+            )
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """A named composition of rules. ``needs_connected`` makes the engine refuse a
+    disconnected static topology."""
+
+    name: str
+    local_rule: LocalRule
+    local_work: LocalWork
+    communication: CommunicationRule
+    schedule: Schedule
+    participation: Participation
+    needs_connected: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def needs_topology(self) -> bool:
+        return bool(self.communication.needs_topology)
+
+
+def make_algorithm(name: str, **params: Any) -> Algorithm:
+    """Build a registered algorithm by name; unknown parameters get a clear error."""
+    import inspect
+
+    factory = ALGORITHMS.get(name)
+    signature = inspect.signature(factory)
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    unknown = sorted(set(params) - set(signature.parameters))
+    if unknown and not accepts_any:
+        raise ValueError(
+            f"algorithm {name!r} has no parameter(s) {', '.join(unknown)}; "
+            f"accepted: {', '.join(signature.parameters)}"
+        )
+    return factory(**params)

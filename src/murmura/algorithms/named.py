@@ -1,0 +1,119 @@
+"""Named algorithms: each one a short composition of rules, found by name in ``ALGORITHMS``."""
+
+from __future__ import annotations
+
+from murmura.algorithms.base import ALGORITHMS, Algorithm, LocalWork, Schedule
+from murmura.algorithms.rules import (
+    SGD,
+    Every,
+    FullParticipation,
+    Gossip,
+    Late,
+    Never,
+    NoCommunication,
+    SampledParticipation,
+    ServerAverage,
+)
+
+
+def _work(local_steps: int | None, local_epochs: float | None, batch_size: int) -> LocalWork:
+    if local_steps is not None:
+        local_epochs = None
+    return LocalWork(batch_size=batch_size, steps=local_steps, epochs=local_epochs)
+
+
+def _schedule(
+    communicate_every: int, late_fraction: float | None, final_merge: bool
+) -> Schedule:
+    if late_fraction is not None:
+        return Late(late_fraction, merge_at_end=final_merge)
+    return Every(communicate_every, merge_at_end=final_merge)
+
+
+@ALGORITHMS.register("fedavg", "FedAvg: sampled clients train locally, a server averages by size")
+def fedavg(
+    lr: float = 0.05,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    local_epochs: float | None = 1.0,
+    local_steps: int | None = None,
+    batch_size: int = 32,
+    fraction: float | None = None,
+    clients_per_round: int | None = None,
+    weighting: str = "samples",
+) -> Algorithm:
+    """FedAvg (McMahan et al., 2017): ``x <- sum_i (n_i / n) x_i`` over the round's clients."""
+    if fraction is None and clients_per_round is None:
+        participation = FullParticipation()
+    else:
+        participation = SampledParticipation(fraction=fraction, count=clients_per_round)
+    return Algorithm(
+        name="fedavg",
+        local_rule=SGD(lr, momentum, weight_decay),
+        local_work=_work(local_steps, local_epochs, batch_size),
+        communication=ServerAverage(weighting),
+        schedule=Every(1),
+        participation=participation,
+        params=dict(locals()),
+    )
+
+
+@ALGORITHMS.register("dsgd", "D-SGD / D-PSGD: local steps, then gossip x <- W x with neighbours")
+def dsgd(
+    lr: float = 0.05,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    local_steps: int | None = None,
+    local_epochs: float | None = 1.0,
+    batch_size: int = 32,
+    communicate_every: int = 1,
+    late_fraction: float | None = None,
+    final_merge: bool = False,
+) -> Algorithm:
+    """Decentralized SGD (Lian et al., 2017): ``x_i <- sum_j W_ij (x_j - lr g_j)``, with H local
+    steps between gossips and an optional single global merge at the end (Zhu et al., 2025)."""
+    return Algorithm(
+        name="dsgd",
+        local_rule=SGD(lr, momentum, weight_decay),
+        local_work=_work(local_steps, local_epochs, batch_size),
+        communication=Gossip(),
+        schedule=_schedule(communicate_every, late_fraction, final_merge),
+        participation=FullParticipation(),
+        needs_connected=not final_merge,
+        params=dict(locals()),
+    )
+
+
+@ALGORITHMS.register(
+    "dsgd_final_merge", "D-SGD with one exact global merge after the last round (single merge)"
+)
+def dsgd_final_merge(**params) -> Algorithm:
+    """D-SGD whose last gossip is replaced by one global average (Zhu et al., 2025)."""
+    params.setdefault("final_merge", True)
+    algo = dsgd(**params)
+    return Algorithm(**{**algo.__dict__, "name": "dsgd_final_merge"})
+
+
+@ALGORITHMS.register("local_sgd", "local training only, optionally one global merge at the end")
+def local_sgd(
+    lr: float = 0.05,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    local_steps: int | None = None,
+    local_epochs: float | None = 1.0,
+    batch_size: int = 32,
+    final_merge: bool = False,
+) -> Algorithm:
+    """Every node trains alone; ``final_merge`` averages all models once at the end."""
+    return Algorithm(
+        name="local_sgd",
+        local_rule=SGD(lr, momentum, weight_decay),
+        local_work=_work(local_steps, local_epochs, batch_size),
+        communication=NoCommunication(),
+        schedule=Never(merge_at_end=final_merge),
+        participation=FullParticipation(),
+        params=dict(locals()),
+    )
+
+
+ALGORITHMS.add("d-psgd", dsgd, "alias of dsgd")

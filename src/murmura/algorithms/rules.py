@@ -1,0 +1,238 @@
+"""Built-in rules: local SGD, gossip and server averaging, participation, schedules."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch.func import grad
+
+from murmura.algorithms.base import (
+    Action,
+    Average,
+    GradFn,
+    LossFn,
+    Mix,
+    Plan,
+    RoundContext,
+    Tensor,
+)
+from murmura.swarm.random import stream_id, uniform
+
+# ---------------------------------------------------------------------------------------------
+# local rules
+
+
+@dataclass(frozen=True)
+class SGD:
+    """SGD with momentum and weight decay, per node, as in ``torch.optim.SGD``:
+
+    g <- g + wd * x;  b <- mu * b + g;  x <- x - lr * (g + mu * b if nesterov else b)
+    """
+
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    nesterov: bool = False
+
+    def __post_init__(self) -> None:
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"sgd: lr must be a positive finite number, got {self.lr!r}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"sgd: momentum must lie in [0, 1), got {self.momentum!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"sgd: weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("sgd: nesterov needs momentum > 0")
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return ("momentum",) if self.momentum else ()
+
+    def gradient(self, loss: LossFn) -> GradFn:
+        return grad(loss)
+
+    def update(
+        self, param: Tensor, grad: Tensor, state: Mapping[str, Tensor], active: Tensor | None
+    ) -> None:
+        g = grad
+        if self.weight_decay:
+            g.add_(param, alpha=self.weight_decay)
+        if active is not None:
+            g.mul_(active)
+        if self.momentum:
+            buf = state["momentum"]
+            if active is None:
+                buf.mul_(self.momentum).add_(g)
+            else:  # idle nodes keep their momentum: b <- b * (1 - a (1 - mu)) + g
+                buf.mul_(1.0 - active * (1.0 - self.momentum)).add_(g)
+            if self.nesterov:
+                g.add_(buf, alpha=self.momentum)
+                if active is not None:
+                    g.mul_(active)
+                step = g
+            else:
+                step = buf if active is None else buf * active
+        else:
+            step = g
+        param.add_(step, alpha=-self.lr)
+
+
+# ---------------------------------------------------------------------------------------------
+# communication rules
+
+
+@dataclass(frozen=True)
+class Gossip:
+    """``x_i <- sum_j W[i, j] x_j`` on the round's topology (D-SGD / D-PSGD's gossip step)."""
+
+    needs_topology: bool = True
+
+    def plan(self, ctx: RoundContext, participants, topology, sizes) -> Plan:
+        if topology is None:
+            raise ValueError("gossip needs a topology: pass topology='ring' (or another graph)")
+        return Mix(topology.mixing_at(ctx.round, device=ctx.device))
+
+
+@dataclass(frozen=True)
+class ServerAverage:
+    """A server (a star's hub) averages the participants' models, weighted by their number of
+    samples (``weighting='samples'``, FedAvg) or equally (``'uniform'``), and sends it back."""
+
+    weighting: str = "samples"
+    needs_topology: bool = False
+
+    def __post_init__(self) -> None:
+        if self.weighting not in ("samples", "uniform"):
+            raise ValueError(
+                f"server average: weighting must be 'samples' or 'uniform', got {self.weighting!r}"
+            )
+
+    def plan(self, ctx: RoundContext, participants, topology, sizes) -> Plan:
+        return Average(global_average_weights(sizes, participants, self.weighting))
+
+
+def global_average_weights(
+    sizes: Tensor, participants: Tensor | None, weighting: str = "samples"
+) -> Tensor:
+    if weighting == "samples":
+        base = sizes.to(torch.float64)
+    else:
+        base = torch.ones_like(sizes, dtype=torch.float64)
+    if participants is not None:
+        mask = torch.zeros_like(base)
+        mask[participants] = 1.0
+        base = base * mask
+    return base / base.sum()
+
+
+@dataclass(frozen=True)
+class NoCommunication:
+    """Nodes never exchange anything (local training only)."""
+
+    needs_topology: bool = False
+
+    def plan(self, ctx, participants, topology, sizes) -> Plan:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# participation
+
+
+@dataclass(frozen=True)
+class FullParticipation:
+    """Every node takes part in every round."""
+
+    def select(self, ctx: RoundContext) -> Tensor | None:
+        return None
+
+
+@dataclass(frozen=True)
+class SampledParticipation:
+    """A uniform sample of ``count`` nodes (or ``fraction`` of them) each round, without
+    replacement, keyed by (seed, round): the same nodes whatever the process layout."""
+
+    fraction: float | None = None
+    count: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.fraction is None) == (self.count is None):
+            raise ValueError("participation: give exactly one of fraction or count")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise ValueError(f"participation fraction must lie in (0, 1], got {self.fraction!r}")
+        if self.count is not None and (int(self.count) != self.count or self.count < 1):
+            raise ValueError(f"participation count must be a positive integer, got {self.count!r}")
+
+    def how_many(self, num_nodes: int) -> int:
+        if self.count is not None:
+            if self.count > num_nodes:
+                raise ValueError(
+                    f"participation count {self.count} exceeds the number of nodes {num_nodes}"
+                )
+            return int(self.count)
+        return max(1, round(self.fraction * num_nodes))
+
+    def select(self, ctx: RoundContext) -> Tensor | None:
+        m = self.how_many(ctx.num_nodes)
+        if m == ctx.num_nodes:
+            return None
+        nodes = torch.arange(ctx.num_nodes, device=ctx.device)
+        keys = uniform(ctx.seed, stream_id("participation"), nodes, ctx.round, dtype=torch.float64)
+        chosen = torch.topk(keys, m, largest=False).indices
+        return torch.sort(chosen).values
+
+
+# ---------------------------------------------------------------------------------------------
+# schedules
+
+
+@dataclass(frozen=True)
+class Every:
+    """Communicate every ``k`` rounds (after rounds k-1, 2k-1, ...); with ``merge_at_end`` the
+    last round ends in one exact global average instead."""
+
+    k: int = 1
+    merge_at_end: bool = False
+
+    def __post_init__(self) -> None:
+        if int(self.k) != self.k or self.k < 1:
+            raise ValueError(f"schedule: k must be a positive integer, got {self.k!r}")
+
+    def action(self, round: int, total_rounds: int) -> Action:
+        if self.merge_at_end and round == total_rounds - 1:
+            return "merge"
+        return "communicate" if (round + 1) % self.k == 0 else "skip"
+
+
+@dataclass(frozen=True)
+class Late:
+    """Communicate only in the last ``fraction`` of the rounds (the single-merge paper's finding
+    that late communication is worth more than early)."""
+
+    fraction: float = 0.1
+    merge_at_end: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.fraction <= 1:
+            raise ValueError(f"schedule: fraction must lie in [0, 1], got {self.fraction!r}")
+
+    def action(self, round: int, total_rounds: int) -> Action:
+        if self.merge_at_end and round == total_rounds - 1:
+            return "merge"
+        start = total_rounds - math.ceil(self.fraction * total_rounds)
+        return "communicate" if round >= start else "skip"
+
+
+@dataclass(frozen=True)
+class Never:
+    """No communication during training; with ``merge_at_end``, one global merge at the end."""
+
+    merge_at_end: bool = False
+
+    def action(self, round: int, total_rounds: int) -> Action:
+        if self.merge_at_end and round == total_rounds - 1:
+            return "merge"
+        return "skip"

@@ -1,0 +1,68 @@
+"""Vectorized evaluation: the average model, every node's own model, consensus distance."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+from murmura.swarm.params import ParamSpec
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module,
+    spec: ParamSpec,
+    flat: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    buffers: dict[str, torch.Tensor] | None = None,
+    batch_size: int = 4096,
+) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of one flat parameter vector on ``(x, y)``."""
+    params = spec.views(flat)
+    buffers = buffers or {}
+    correct, loss_sum = 0, 0.0
+    for start in range(0, len(y), batch_size):
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        out = functional_call(model, (params, buffers), (xb,))
+        loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
+        correct += int((out.argmax(1) == yb).sum())
+    return correct / len(y), loss_sum / len(y)
+
+
+@torch.no_grad()
+def evaluate_nodes(
+    model: nn.Module,
+    spec: ParamSpec,
+    X: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    buffers: dict[str, torch.Tensor] | None = None,
+    chunk_size: int = 64,
+) -> torch.Tensor:
+    """Accuracy of every node's own model (rows of ``X``) on the same samples: ``[n]``."""
+    buffers = buffers or {}
+
+    def accuracy(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = functional_call(model, (params, buffers), (x,))
+        return (out.argmax(1) == y).to(torch.float32).mean()
+
+    batched = vmap(accuracy)
+    parts = [
+        batched(spec.views(X[start : start + chunk_size]))
+        for start in range(0, X.shape[0], chunk_size)
+    ]
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def consensus_distance(X: torch.Tensor, chunk_size: int = 1024) -> float:
+    """Mean squared distance of the nodes' models to their average: (1/n) sum_i ||x_i - x̄||²."""
+    mean = X.mean(dim=0, dtype=torch.float64).to(X.dtype)
+    total = 0.0
+    for start in range(0, X.shape[0], chunk_size):
+        block = X[start : start + chunk_size] - mean
+        total += float(torch.linalg.vector_norm(block, dim=1, dtype=torch.float64).square().sum())
+    return total / X.shape[0]

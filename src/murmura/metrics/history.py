@@ -1,0 +1,90 @@
+"""Per-round records, returned by the Python API and written as CSV or JSONL."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+COLUMNS: dict[str, str] = {
+    "round": "round index, from 0",
+    "communicated": "what the round's communication stage did: communicate, merge or skip",
+    "test_accuracy": "accuracy of the average model x̄ = mean_i x_i on the whole test set",
+    "test_loss": "mean cross-entropy of the average model on the test set",
+    "node_accuracy_mean": "mean over nodes of each node's own model's accuracy (test subset)",
+    "node_accuracy_min": "worst node's accuracy on the test subset",
+    "node_accuracy_max": "best node's accuracy on the test subset",
+    "consensus_distance": "(1/n) sum_i ||x_i - x̄||², after communication",
+    "bytes_sent": "bytes all nodes sent this round (uploads to a server included)",
+    "bytes_received": "bytes all nodes received this round",
+    "bytes_sent_total": "cumulative bytes sent by all nodes",
+    "bytes_sent_per_node_mean": "cumulative bytes sent, mean over nodes",
+    "bytes_sent_per_node_max": "cumulative bytes sent by the busiest node",
+    "bytes_received_per_node_max": "cumulative bytes received by the busiest node",
+    "server_bytes_sent_total": "cumulative bytes a server sent (star algorithms; 0 otherwise)",
+    "train_seconds": "wall time of the round's local training",
+    "comm_seconds": "wall time of the round's communication",
+    "round_seconds": "wall time of the whole round, evaluation included",
+    "wall_seconds": "cumulative wall time since the simulation started",
+}
+
+
+class History:
+    """A list of per-round records (dicts) with writers.
+
+    >>> h = History([{"round": 0, "test_accuracy": 0.5}])
+    >>> h.final["test_accuracy"]
+    0.5
+    """
+
+    def __init__(self, records: list[dict[str, Any]] | None = None) -> None:
+        self.records: list[dict[str, Any]] = list(records or [])
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.records)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.records[i]
+
+    @property
+    def final(self) -> dict[str, Any]:
+        if not self.records:
+            raise ValueError("the history is empty: no round has run")
+        return self.records[-1]
+
+    def column(self, name: str) -> list[Any]:
+        return [r.get(name) for r in self.records]
+
+    def to_csv(self, path: str | Path) -> Path:
+        path = Path(path)
+        keys: list[str] = []
+        for r in self.records:
+            keys += [k for k in r if k not in keys]
+        with path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            for r in self.records:
+                writer.writerow({k: _plain(r.get(k)) for k in keys})
+        return path
+
+    def to_jsonl(self, path: str | Path) -> Path:
+        path = Path(path)
+        with path.open("w") as fh:
+            for r in self.records:
+                fh.write(json.dumps({k: _plain(v) for k, v in r.items()}) + "\n")
+        return path
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,100 @@
+"""A small model zoo that works with ``torch.func.functional_call`` and ``vmap``.
+
+Any user ``nn.Module`` works as long as ``functional_call`` can run it: its state is its
+parameters (plus constant buffers shared by all nodes). BatchNorm's running statistics are per-node
+mutable state that a functional call cannot carry, so BatchNorm with ``track_running_stats`` is
+refused: use GroupNorm or LayerNorm instead.
+
+>>> from murmura.models import build_model
+>>> model = build_model("mlp", input_shape=(64,), num_classes=10, hidden=(32,))
+>>> sum(p.numel() for p in model.parameters())
+2410
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import nn
+
+from murmura.registry import Registry
+
+MODELS: Registry = Registry("model")
+
+
+def _flat_features(input_shape: Sequence[int]) -> int:
+    return int(math.prod(input_shape))
+
+
+@MODELS.register("logreg", "multinomial logistic regression (one linear layer)")
+def logreg(input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(_flat_features(input_shape), num_classes))
+
+
+@MODELS.register("mlp", "multilayer perceptron with ReLU (hidden=(200,) by default)")
+def mlp(input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (200,)) -> nn.Module:
+    if isinstance(hidden, int):
+        hidden = (hidden,)
+    if not hidden or any(int(h) < 1 for h in hidden):
+        raise ValueError(f"mlp: hidden must be a list of positive layer widths, got {hidden!r}")
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = _flat_features(input_shape)
+    for h in hidden:
+        layers += [nn.Linear(width, int(h)), nn.ReLU()]
+        width = int(h)
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+@MODELS.register("cnn", "small CNN: two 5x5 conv + GroupNorm + max-pool blocks, then a linear head")
+def cnn(
+    input_shape: Sequence[int], num_classes: int, channels: Sequence[int] = (16, 32)
+) -> nn.Module:
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"cnn needs image inputs shaped (channels, height, width), got {tuple(input_shape)}; "
+            "use 'mlp' or 'logreg' for flat features"
+        )
+    c_in, h, w = (int(s) for s in input_shape)
+    c1, c2 = (int(c) for c in channels)
+    body = nn.Sequential(
+        nn.Conv2d(c_in, c1, 5, padding=2),
+        nn.GroupNorm(min(4, c1), c1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 5, padding=2),
+        nn.GroupNorm(min(4, c2), c2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+    )
+    return nn.Sequential(body, nn.Linear(c2 * (h // 4) * (w // 4), num_classes))
+
+
+def build_model(
+    name: str | nn.Module, input_shape: Sequence[int], num_classes: int, **kwargs
+) -> nn.Module:
+    """A model by registry name (or a user module passed through), checked for vmap-ability."""
+    model = name if isinstance(name, nn.Module) else MODELS.get(name)(
+        tuple(input_shape), int(num_classes), **kwargs
+    )
+    check_functional(model)
+    return model
+
+
+def check_functional(model: nn.Module) -> None:
+    """Refuse modules whose state a per-node functional call cannot carry."""
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.track_running_stats:
+            raise ValueError(
+                f"module {mod_name or type(mod).__name__!r} is BatchNorm with running statistics, "
+                "which are per-node mutable state that murmura's vectorized step cannot carry; "
+                "replace it with nn.GroupNorm or nn.LayerNorm (or BatchNorm with "
+                "track_running_stats=False)"
+            )
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("the model has no trainable parameters")
+
+
+__all__ = ["MODELS", "build_model", "check_functional", "logreg", "mlp", "cnn"]

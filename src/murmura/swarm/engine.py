@@ -1,0 +1,435 @@
+"""The vectorized round engine: runs per-node rules for every node at once.
+
+State: ``params`` ``[n, d]`` (one flat row per node), the local rule's state (same shape), a
+byte ledger ``[n]``. A round is
+
+    participation -> local update (vmapped grad over node blocks, in place)
+                  -> communication (sparse W @ X, or a server's weighted average)
+                  -> bookkeeping (bytes from the plan's routing, metrics)
+
+No Python loop over nodes runs on the hot path: the loops below go over parameter tensors, node
+blocks (bounded memory) and local steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+from murmura.algorithms.base import (
+    Algorithm,
+    Average,
+    Mix,
+    Plan,
+    RoundContext,
+    make_algorithm,
+)
+from murmura.algorithms.rules import global_average_weights
+from murmura.metrics.evaluation import consensus_distance, evaluate_model, evaluate_nodes
+from murmura.metrics.history import History
+from murmura.models import build_model, check_functional
+from murmura.swarm.batches import BatchSampler
+from murmura.swarm.params import ParamSpec
+from murmura.swarm.random import stream_id, uniform
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What to measure and how often. ``every=0`` turns evaluation off (benchmarks)."""
+
+    every: int = 1
+    node_samples: int = 500
+    test_batch_size: int = 4096
+
+    def __post_init__(self) -> None:
+        if int(self.every) != self.every or self.every < 0:
+            raise ValueError(f"evaluation every must be an integer >= 0, got {self.every!r}")
+        if self.node_samples < 0:
+            raise ValueError(f"evaluation node_samples must be >= 0, got {self.node_samples!r}")
+
+
+class NonFiniteError(FloatingPointError):
+    """A node's parameters became NaN or Inf."""
+
+
+class Simulation:
+    """A simulated swarm: data split over nodes, one model architecture, an algorithm, a topology.
+
+    >>> from murmura.data import federate
+    >>> from murmura.swarm.engine import Simulation
+    >>> data = federate("digits", num_nodes=8, partition="dirichlet", alpha=0.5, seed=0)
+    >>> sim = Simulation(data, model="mlp", model_kwargs={"hidden": [32]},
+    ...                  algorithm="dsgd", algorithm_kwargs={"lr": 0.1, "local_steps": 5},
+    ...                  topology="ring", seed=0)
+    >>> history = sim.run(rounds=3)
+    >>> len(history), 0.0 <= history.final["test_accuracy"] <= 1.0
+    (3, True)
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        model: str | nn.Module = "mlp",
+        algorithm: str | Algorithm = "fedavg",
+        topology: Any = None,
+        *,
+        seed: int = 0,
+        device: str | torch.device | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        algorithm_kwargs: dict[str, Any] | None = None,
+        topology_kwargs: dict[str, Any] | None = None,
+        evaluation: Evaluation | None = None,
+        chunk_size: int | None = None,
+        same_init: bool = True,
+    ) -> None:
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.seed = int(seed)
+        self.data = data.to(self.device)
+        dataset = self.data.dataset
+        self.num_nodes = int(self.data.num_nodes)
+        self.evaluation = evaluation or Evaluation()
+
+        if isinstance(algorithm, str):
+            algorithm = make_algorithm(algorithm, **(algorithm_kwargs or {}))
+        elif algorithm_kwargs:
+            raise ValueError("algorithm_kwargs only apply when the algorithm is given by name")
+        self.algorithm = algorithm
+
+        torch.manual_seed(self.seed)
+        if isinstance(model, nn.Module):
+            if model_kwargs:
+                raise ValueError("model_kwargs only apply when the model is given by name")
+            check_functional(model)
+            self.model = model
+        else:
+            self.model = build_model(
+                model, dataset.feature_shape, dataset.num_classes, **(model_kwargs or {})
+            )
+        self.model = self.model.to(self.device)
+        self.spec = ParamSpec.from_module(self.model)
+        self.buffers = {k: v.detach() for k, v in self.model.named_buffers()}
+
+        self.topology = self._make_topology(topology, topology_kwargs)
+
+        self.params = self._initial_params(same_init)
+        n, d = self.params.shape
+        self.local_state = {
+            name: torch.zeros(n, d, device=self.device) for name in algorithm.local_rule.state_names
+        }
+        self._mix_buffer: torch.Tensor | None = None
+        self.bytes_sent = torch.zeros(n, dtype=torch.float64, device=self.device)
+        self.bytes_received = torch.zeros(n, dtype=torch.float64, device=self.device)
+        self.server_bytes_sent = 0.0
+        self.message_bytes = d * self.params.element_size()
+
+        work = algorithm.local_work
+        self.sampler = BatchSampler(
+            self.data.index_table,
+            self.data.sizes,
+            work.batch_size,
+            seed=self.seed,
+            steps=work.steps,
+            epochs=work.epochs,
+        )
+        self.chunk_size = chunk_size or self._auto_chunk_size()
+        self._grad_fn = vmap(algorithm.local_rule.gradient(self._loss))
+        self._weighted_grad_fn = vmap(algorithm.local_rule.gradient(self._weighted_loss))
+        self._node_eval_subset = self._pick_node_eval_subset()
+        self.round = 0
+        self.history = History()
+        self._wall = 0.0
+
+    # ---------------------------------------------------------------- setup
+
+    def _make_topology(self, topology: Any, kwargs: dict[str, Any] | None) -> Any:
+        if topology is None:
+            if self.algorithm.needs_topology:
+                raise ValueError(
+                    f"algorithm {self.algorithm.name!r} gossips over a graph: pass a topology, "
+                    "e.g. topology='ring' (see murmura.topology.TOPOLOGIES)"
+                )
+            return None
+        from murmura.topology import make_topology
+
+        if isinstance(topology, str):
+            topology = make_topology(
+                topology,
+                self.num_nodes,
+                seed=self.seed,
+                require_connected=self.algorithm.needs_connected,
+                **(kwargs or {}),
+            )
+        elif kwargs:
+            raise ValueError("topology_kwargs only apply when the topology is given by name")
+        if topology.num_nodes != self.num_nodes:
+            raise ValueError(
+                f"the topology has {topology.num_nodes} nodes but the data is split over "
+                f"{self.num_nodes}; build both for the same number of nodes"
+            )
+        return topology
+
+    def _initial_params(self, same_init: bool) -> torch.Tensor:
+        n = self.num_nodes
+        if same_init:
+            row = self.spec.flatten(self.model).to(self.device)
+            return row.unsqueeze(0).repeat(n, 1)
+        # One draw per node, seeded by (seed, node): the same whatever the node order.
+        rows = []
+        for node in range(n):
+            gen_seed = int(uniform(self.seed, "init", torch.tensor([node]), dtype=torch.float64)
+                           .item() * 2**62)
+            torch.manual_seed(gen_seed)
+            for module in self.model.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+            rows.append(self.spec.flatten(self.model))
+        return torch.stack(rows).to(self.device)
+
+    def _auto_chunk_size(self) -> int:
+        # Keep a block's gradients and inputs near 32 MB: large enough to amortize per-call
+        # overhead, small enough that the allocator reuses memory instead of mapping new pages.
+        dataset = self.data.dataset
+        feature = math.prod(dataset.feature_shape)
+        per_node = 4 * (self.spec.dim + self.algorithm.local_work.batch_size * feature)
+        return max(1, min(self.num_nodes, (32 << 20) // per_node))
+
+    def _pick_node_eval_subset(self) -> torch.Tensor | None:
+        k = min(self.evaluation.node_samples, len(self.data.dataset.test_y))
+        if k == 0:
+            return None
+        keys = uniform(self.seed, "node-eval", torch.arange(len(self.data.dataset.test_y)))
+        return torch.sort(torch.topk(keys, k, largest=False).indices).values.to(self.device)
+
+    # ---------------------------------------------------------------- the per-node loss
+
+    def _loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor):
+        out = functional_call(self.model, (params, self.buffers), (x,))
+        return F.cross_entropy(out, y)
+
+    def _weighted_loss(self, params, x, y, w):
+        out = functional_call(self.model, (params, self.buffers), (x,))
+        losses = F.cross_entropy(out, y, reduction="none")
+        return (losses * w).sum() / w.sum().clamp_min(1.0)
+
+    # ---------------------------------------------------------------- a round
+
+    def context(self, total_rounds: int) -> RoundContext:
+        return RoundContext(self.round, total_rounds, self.seed, self.num_nodes, self.device)
+
+    def _blocks(self, participants: torch.Tensor | None) -> Iterator[tuple[Any, torch.Tensor]]:
+        """Blocks of at most ``chunk_size`` nodes: slices (views, no copy) when every node takes
+        the same number of steps, else index blocks sorted by steps, so a block stops as soon as
+        its own nodes are done instead of computing masked steps for the largest node's epoch.
+        Results do not depend on the blocking: every draw is keyed by node."""
+        c = self.chunk_size
+        sizes = self.data.sizes if participants is None else self.data.sizes[participants]
+        uneven = self.sampler.epochs is not None and bool((sizes != sizes[0]).any())
+        if participants is None and not uneven:
+            for start in range(0, self.num_nodes, c):
+                stop = min(start + c, self.num_nodes)
+                yield slice(start, stop), torch.arange(start, stop, device=self.device)
+            return
+        ids = participants
+        if ids is None:
+            ids = torch.arange(self.num_nodes, device=self.device)
+        if uneven:
+            ids = ids[torch.argsort(sizes, descending=True, stable=True)]
+        for start in range(0, len(ids), c):
+            block = ids[start : start + c]
+            yield block, block
+
+    def train(self, participants: torch.Tensor | None, round_index: int) -> None:
+        """Local update: every participant takes its local steps, block by block, in place."""
+        rule = self.algorithm.local_rule
+        dataset = self.data.dataset
+        feature = dataset.feature_shape
+        train_x, train_y = dataset.train_x, dataset.train_y
+        if self.algorithm.local_work.reset_state_each_round:
+            for buf in self.local_state.values():
+                buf.zero_()
+        for where, nodes in self._blocks(participants):
+            gathered = not isinstance(where, slice)
+            X = self.params[where]
+            state = {k: v[where] for k, v in self.local_state.items()}
+            param_views = self.spec.views(X)
+            state_views = {k: self.spec.views(v) for k, v in state.items()}
+            num_steps = self.sampler.num_steps(nodes)
+            batches = self.sampler.batches(nodes, round_index, 0, num_steps)
+            active_steps = None if batches.active is None else batches.active.to(X.dtype)
+            # Steps where every sample of every node counts take the unmasked path.
+            partial = [True] * num_steps
+            if batches.weight is not None:
+                partial = (batches.weight < 1).any(dim=2).any(dim=0).tolist()
+            for step in range(num_steps):
+                index = batches.index[:, step]
+                xb = train_x.index_select(0, index.reshape(-1)).view(*index.shape, *feature)
+                yb = train_y[index]
+                if batches.weight is None or not partial[step]:
+                    grads = self._grad_fn(param_views, xb, yb)
+                    active = None
+                else:
+                    grads = self._weighted_grad_fn(param_views, xb, yb, batches.weight[:, step])
+                    active = active_steps[:, step]
+                with torch.no_grad():
+                    for name in self.spec.names:
+                        p = param_views[name]
+                        a = None if active is None else active.view(-1, *(1,) * (p.dim() - 1))
+                        rule.update(
+                            p, grads[name], {k: v[name] for k, v in state_views.items()}, a
+                        )
+            if gathered:
+                self.params[where] = X
+                for k, v in state.items():
+                    self.local_state[k][where] = v
+
+    @torch.no_grad()
+    def communicate(self, plan: Plan) -> None:
+        """Execute a communication plan and count the bytes that crossed each link."""
+        if plan is None:
+            return
+        size = self.message_bytes
+        if isinstance(plan, Mix):
+            mixing = plan.matrix
+            if self._mix_buffer is None:
+                self._mix_buffer = torch.empty_like(self.params)
+            # addmm into a kept buffer: a fresh [n, d] result would cost page faults every round.
+            buf = self._mix_buffer
+            torch.addmm(buf, mixing.matrix, self.params, beta=0.0, out=buf)
+            self.params, self._mix_buffer = self._mix_buffer, self.params
+            self.bytes_sent += mixing.out_degree.to(torch.float64) * size
+            self.bytes_received += mixing.in_degree.to(torch.float64) * size
+        elif isinstance(plan, Average):
+            weights = plan.weights.to(self.params.dtype)
+            average = weights @ self.params
+            self.params.copy_(average.expand_as(self.params))
+            uploaders = plan.weights > 0
+            receivers = uploaders if plan.receivers is None else plan.receivers
+            self.bytes_sent += uploaders.to(torch.float64) * size
+            self.bytes_received += receivers.to(torch.float64) * size
+            self.server_bytes_sent += float(receivers.sum()) * size
+        else:
+            raise TypeError(f"unknown communication plan {type(plan).__name__}")
+
+    def step(self, total_rounds: int) -> dict[str, Any]:
+        """Run one round and return its record."""
+        algo = self.algorithm
+        ctx = self.context(total_rounds)
+        t0 = time.perf_counter()
+        participants = algo.participation.select(ctx)
+        self.train(participants, self.round)
+        t1 = time.perf_counter()
+        sent_before = float(self.bytes_sent.sum())
+        received_before = float(self.bytes_received.sum())
+        action = algo.schedule.action(self.round, total_rounds)
+        if action == "communicate":
+            plan = algo.communication.plan(ctx, participants, self.topology, self.data.sizes)
+        elif action == "merge":
+            plan = Average(global_average_weights(self.data.sizes, None, "samples"))
+        else:
+            plan = None
+        self.communicate(plan)
+        t2 = time.perf_counter()
+        record: dict[str, Any] = {"round": self.round, "communicated": action}
+        if self._should_evaluate(total_rounds):
+            record.update(self.evaluate())
+        sent = self.bytes_sent
+        record.update(
+            bytes_sent=float(sent.sum()) - sent_before,
+            bytes_received=float(self.bytes_received.sum()) - received_before,
+            bytes_sent_total=float(sent.sum()),
+            bytes_sent_per_node_mean=float(sent.mean()),
+            bytes_sent_per_node_max=float(sent.max()),
+            bytes_received_per_node_max=float(self.bytes_received.max()),
+            server_bytes_sent_total=self.server_bytes_sent,
+            train_seconds=t1 - t0,
+            comm_seconds=t2 - t1,
+        )
+        round_seconds = time.perf_counter() - t0
+        self._wall += round_seconds
+        record.update(round_seconds=round_seconds, wall_seconds=self._wall)
+        self.history.append(record)
+        self.round += 1
+        return record
+
+    def run(
+        self,
+        rounds: int,
+        callback: Callable[[dict[str, Any]], None] | None = None,
+    ) -> History:
+        """Run until ``rounds`` rounds in total have been done; returns the history."""
+        if int(rounds) != rounds or rounds < 1:
+            raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
+        while self.round < rounds:
+            record = self.step(int(rounds))
+            if callback is not None:
+                callback(record)
+        self._check_finite()
+        return self.history
+
+    # ---------------------------------------------------------------- measurement
+
+    def _should_evaluate(self, total_rounds: int) -> bool:
+        every = self.evaluation.every
+        if every == 0:
+            return False
+        return (self.round + 1) % every == 0 or self.round == total_rounds - 1
+
+    def average_params(self) -> torch.Tensor:
+        return self.params.mean(dim=0)
+
+    def evaluate(self) -> dict[str, float]:
+        dataset = self.data.dataset
+        acc, loss = evaluate_model(
+            self.model,
+            self.spec,
+            self.average_params(),
+            dataset.test_x,
+            dataset.test_y,
+            self.buffers,
+            self.evaluation.test_batch_size,
+        )
+        result = {"test_accuracy": acc, "test_loss": loss}
+        distance = consensus_distance(self.params)
+        if not math.isfinite(distance):
+            self._check_finite()
+        result["consensus_distance"] = distance
+        subset = self._node_eval_subset
+        if subset is not None:
+            x, y = dataset.test_x[subset], dataset.test_y[subset]
+            if distance == 0.0:  # all nodes hold the same model: evaluate it once
+                node_acc = evaluate_nodes(
+                    self.model, self.spec, self.params[:1], x, y, self.buffers
+                )
+            else:
+                node_acc = evaluate_nodes(
+                    self.model, self.spec, self.params, x, y, self.buffers, self.chunk_size
+                )
+            result.update(
+                node_accuracy_mean=float(node_acc.mean()),
+                node_accuracy_min=float(node_acc.min()),
+                node_accuracy_max=float(node_acc.max()),
+            )
+        return result
+
+    def _check_finite(self) -> None:
+        # Checked on evaluation rounds and at the end of a run, not every round: it reads the
+        # whole state, and a NaN, once there, spreads to every model it is averaged into.
+        finite = torch.isfinite(self.params).all(dim=1)
+        if not bool(finite.all()):
+            bad = torch.nonzero(~finite).flatten()[:5].tolist()
+            raise NonFiniteError(
+                f"round {self.round}: the parameters of nodes {bad} became NaN or Inf; "
+                "lower the learning rate or check the data (the history up to the previous "
+                "round is kept in Simulation.history)"
+            )
+
+
+__all__ = ["Evaluation", "NonFiniteError", "Simulation", "stream_id"]

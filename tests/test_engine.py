@@ -1,0 +1,239 @@
+"""The vectorized engine against plain per-node PyTorch, and its invariants."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from murmura.algorithms import ALGORITHMS, make_algorithm
+from murmura.data import federate
+from murmura.swarm import Evaluation, ParamSpec, Simulation
+
+NO_EVAL = Evaluation(every=0)
+
+
+def digits(nodes=8, partition="dirichlet", seed=0, **kw):
+    if partition == "dirichlet":
+        kw.setdefault("alpha", 0.5)
+    return federate("digits", num_nodes=nodes, partition=partition, seed=seed, **kw)
+
+
+def loop_reference(sim: Simulation, rounds_params, lr, momentum, weight_decay, steps_of):
+    """Train each node alone with torch.optim.SGD on the batches the sampler gives it."""
+    data = sim.data.dataset
+    rows = []
+    for node in range(sim.num_nodes):
+        model = copy.deepcopy(sim.model)
+        with torch.no_grad():
+            for name, view in sim.spec.views(rounds_params[node]).items():
+                model.get_parameter(name).copy_(view)
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                              weight_decay=weight_decay)
+        ids = torch.tensor([node])
+        for step in range(steps_of(node)):
+            batch = sim.sampler.batch(ids, 0, step)
+            if batch.active is not None and not bool(batch.active[0]):
+                break
+            index = batch.index[0]
+            if batch.weight is not None:
+                index = index[batch.weight[0] > 0]
+            opt.zero_grad()
+            F.cross_entropy(model(data.train_x[index]), data.train_y[index]).backward()
+            opt.step()
+        rows.append(ParamSpec.from_module(model).flatten(model))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("momentum,weight_decay", [(0.0, 0.0), (0.9, 5e-4)])
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_vmapped_local_epoch_equals_per_node_loop(momentum, weight_decay, chunk_size):
+    data = digits(nodes=6)  # unequal partitions: masked steps and partial batches
+    lr = 0.1
+    sim = Simulation(data, "mlp", "local_sgd", model_kwargs={"hidden": [16]},
+                     algorithm_kwargs=dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                           local_epochs=1.0, batch_size=16),
+                     evaluation=NO_EVAL, same_init=False, chunk_size=chunk_size)
+    start = sim.params.clone()
+    sim.train(None, 0)
+    sizes = data.sizes
+    expected = loop_reference(sim, start, lr, momentum, weight_decay,
+                              lambda i: -(-int(sizes[i]) // 16))
+    assert not torch.equal(sim.params, start)
+    torch.testing.assert_close(sim.params, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_results_do_not_depend_on_chunking():
+    finals = []
+    for chunk in (1, 5, None):
+        sim = Simulation(digits(nodes=10), "logreg", "dsgd", "ring",
+                         algorithm_kwargs=dict(lr=0.1, local_steps=3, batch_size=8),
+                         evaluation=NO_EVAL, chunk_size=chunk)
+        sim.run(3)
+        finals.append(sim.params)
+    torch.testing.assert_close(finals[0], finals[1], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(finals[0], finals[2], atol=1e-6, rtol=1e-6)
+
+
+def test_same_seed_same_run_different_seed_differs():
+    def final(seed):
+        sim = Simulation(digits(nodes=6, seed=0), "logreg", "dsgd", "ring", seed=seed,
+                         algorithm_kwargs=dict(lr=0.1, local_steps=2), evaluation=NO_EVAL)
+        sim.run(2)
+        return sim.params
+    assert torch.equal(final(1), final(1))
+    assert not torch.equal(final(1), final(2))
+
+
+def test_fedavg_with_one_node_equals_centralized_sgd():
+    data = digits(nodes=1, partition="iid")
+    sim = Simulation(data, "mlp", "fedavg", model_kwargs={"hidden": [16]},
+                     algorithm_kwargs=dict(lr=0.05, local_steps=4, batch_size=32),
+                     evaluation=NO_EVAL)
+    model = copy.deepcopy(sim.model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = data.dataset.train_x, data.dataset.train_y
+    for round_index in range(3):
+        for step in range(4):
+            index = sim.sampler.batch(torch.tensor([0]), round_index, step).index[0]
+            opt.zero_grad()
+            F.cross_entropy(model(x[index]), y[index]).backward()
+            opt.step()
+    sim.run(3)
+    torch.testing.assert_close(sim.params[0], sim.spec.flatten(model), atol=1e-5, rtol=1e-5)
+
+
+def test_identical_data_and_models_stay_identical():
+    data = digits(nodes=6, partition="iid")
+    first = data.index_table[0].clone()
+    data.index_table[:] = first  # every node holds the same samples
+    data.sizes[:] = data.sizes[0]
+    # One full batch per round: the shuffle order cannot matter.
+    sim = Simulation(data, "mlp", "dsgd", "ring", model_kwargs={"hidden": [16]},
+                     algorithm_kwargs=dict(lr=0.1, local_epochs=1.0,
+                                           batch_size=int(data.sizes[0])),
+                     evaluation=NO_EVAL)
+    sim.run(4)
+    spread = (sim.params - sim.params[0]).abs().max()
+    assert float(spread) < 1e-6
+    assert not torch.equal(sim.params[0], sim.spec.flatten(sim.model))  # it did train
+
+
+def test_gossip_round_preserves_the_average_and_counts_ring_bytes():
+    data = digits(nodes=8)
+    sim = Simulation(data, "logreg", "dsgd", "ring", algorithm_kwargs=dict(lr=0.1, local_steps=1),
+                     evaluation=NO_EVAL, same_init=False)
+    before = sim.params.mean(0)
+    plan = sim.algorithm.communication.plan(sim.context(1), None, sim.topology, data.sizes)
+    sim.communicate(plan)
+    torch.testing.assert_close(sim.params.mean(0), before, atol=1e-6, rtol=1e-5)
+    d = sim.spec.dim
+    assert torch.equal(sim.bytes_sent, torch.full((8,), 2.0 * 4 * d, dtype=torch.float64))
+    assert torch.equal(sim.bytes_received, sim.bytes_sent)
+
+
+def test_fedavg_round_equals_weighted_average_and_counts_bytes():
+    data = digits(nodes=5)
+    sim = Simulation(data, "logreg", "fedavg", algorithm_kwargs=dict(lr=0.1, local_steps=2),
+                     evaluation=NO_EVAL)
+    sim.train(None, 0)
+    w = data.sizes.to(torch.float64) / data.sizes.sum()
+    expected = (w.unsqueeze(1) * sim.params.to(torch.float64)).sum(0).to(torch.float32)
+    sim.communicate(sim.algorithm.communication.plan(sim.context(1), None, None, data.sizes))
+    for row in sim.params:
+        torch.testing.assert_close(row, expected, atol=1e-6, rtol=1e-5)
+    assert float(sim.bytes_sent.sum()) == 5 * 4 * sim.spec.dim
+    assert sim.server_bytes_sent == 5 * 4 * sim.spec.dim
+
+
+def test_partial_participation_trains_only_the_sampled():
+    data = digits(nodes=10)
+    sim = Simulation(data, "logreg", "fedavg", algorithm_kwargs=dict(
+        lr=0.1, local_steps=2, clients_per_round=3), evaluation=NO_EVAL)
+    participants = sim.algorithm.participation.select(sim.context(1))
+    assert participants is not None and len(participants) == 3
+    start = sim.params.clone()
+    sim.train(participants, 0)
+    changed = (sim.params != start).any(dim=1)
+    assert changed.nonzero().flatten().tolist() == participants.tolist()
+    sim.communicate(sim.algorithm.communication.plan(sim.context(1), participants, None,
+                                                     data.sizes))
+    assert int((sim.bytes_sent > 0).sum()) == 3
+    other = sim.algorithm.participation.select(
+        type(sim.context(1))(1, 1, sim.seed, 10, sim.device))
+    assert not torch.equal(other, participants)  # a fresh sample each round
+
+
+def test_final_merge_makes_every_node_the_average():
+    sim = Simulation(digits(nodes=6), "logreg", "dsgd_final_merge", "ring",
+                     algorithm_kwargs=dict(lr=0.1, local_steps=2), evaluation=Evaluation(every=1))
+    history = sim.run(3)
+    assert [r["communicated"] for r in history] == ["communicate", "communicate", "merge"]
+    assert history.final["consensus_distance"] < 1e-10
+    assert history[0]["consensus_distance"] > 0
+
+
+def test_history_records_and_writers(tmp_path):
+    sim = Simulation(digits(nodes=4), "logreg", "fedavg",
+                     algorithm_kwargs=dict(lr=0.1, local_steps=1))
+    history = sim.run(2)
+    for key in ("test_accuracy", "test_loss", "node_accuracy_mean", "node_accuracy_min",
+                "node_accuracy_max", "consensus_distance", "bytes_sent_total", "wall_seconds"):
+        assert key in history.final
+    assert 0 <= history.final["node_accuracy_min"] <= history.final["node_accuracy_max"] <= 1
+    text = history.to_csv(tmp_path / "m.csv").read_text().splitlines()
+    assert len(text) == 3 and text[0].startswith("round,")
+    assert len((tmp_path / "m.jsonl").write_text("") or history.to_jsonl(
+        tmp_path / "m.jsonl").read_text().splitlines()) == 2
+
+
+def test_nan_is_caught_with_a_clear_error():
+    sim = Simulation(digits(nodes=4), "logreg", "dsgd", "ring",
+                     algorithm_kwargs=dict(lr=0.1, local_steps=1))
+    sim.run(2)
+    sim.params[1, 0] = float("nan")  # as a diverging node would
+    with pytest.raises(FloatingPointError, match=r"nodes \[.*\] became NaN or Inf"):
+        sim.run(4)
+    assert len(sim.history) == 2  # what was computed is kept
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(algorithm="nope"), "unknown algorithm 'nope'"),
+    (dict(algorithm="dsgd"), "pass a topology"),
+    (dict(algorithm="fedavg", algorithm_kwargs=dict(lr=-1.0)), "lr must be"),
+    (dict(algorithm="fedavg", algorithm_kwargs=dict(learning_rate=0.1)), "no parameter"),
+    (dict(algorithm="fedavg", algorithm_kwargs=dict(fraction=1.5)), "fraction"),
+    (dict(algorithm="fedavg", algorithm_kwargs=dict(clients_per_round=50)), "exceeds"),
+    (dict(algorithm="fedavg", algorithm_kwargs=dict(momentum=1.0)), "momentum"),
+    (dict(algorithm="fedavg", algorithm_kwargs=dict(batch_size=0)), "batch_size"),
+    (dict(algorithm="fedavg", model="nope"), "unknown model"),
+    (dict(algorithm="dsgd", topology="nope"), "unknown"),
+])
+def test_bad_input_gets_a_clear_error(kwargs, match):
+    with pytest.raises((ValueError, KeyError)) as info:
+        sim = Simulation(digits(nodes=6), **kwargs, evaluation=NO_EVAL)
+        sim.run(1)
+    assert match in str(info.value)
+
+
+def test_batchnorm_is_refused_with_advice():
+    model = nn.Sequential(nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, 10))
+    with pytest.raises(ValueError, match="GroupNorm"):
+        Simulation(digits(nodes=4), model, "fedavg")
+
+
+def test_user_module_and_user_registered_algorithm():
+    from murmura.algorithms import SGD, Algorithm, Every, FullParticipation, Gossip, LocalWork
+
+    @ALGORITHMS.register("test_heavy_ball_gossip", "test-only", overwrite=True)
+    def heavy(lr: float = 0.05) -> Algorithm:
+        return Algorithm("test_heavy_ball_gossip", SGD(lr, momentum=0.5), LocalWork(steps=2),
+                         Gossip(), Every(1), FullParticipation())
+
+    model = nn.Sequential(nn.Linear(64, 12), nn.LayerNorm(12), nn.Tanh(), nn.Linear(12, 10))
+    sim = Simulation(digits(nodes=4), model, "test_heavy_ball_gossip", "complete",
+                     evaluation=NO_EVAL)
+    sim.run(2)
+    assert "momentum" in sim.local_state
+    assert make_algorithm("test_heavy_ball_gossip").local_rule.momentum == 0.5
