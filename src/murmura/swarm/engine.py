@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,7 @@ from murmura.metrics.evaluation import consensus_distance, evaluate_model, evalu
 from murmura.metrics.history import History
 from murmura.models import build_model, check_functional
 from murmura.swarm.batches import BatchSampler
+from murmura.swarm.memory import tune_allocator
 from murmura.swarm.params import ParamSpec
 from murmura.swarm.random import stream_id, uniform
 
@@ -91,6 +92,7 @@ class Simulation:
         same_init: bool = True,
     ) -> None:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self._large_blocks = self.device.type == "cpu" and tune_allocator()
         self.seed = int(seed)
         self.data = data.to(self.device)
         dataset = self.data.dataset
@@ -194,12 +196,13 @@ class Simulation:
         return torch.stack(rows).to(self.device)
 
     def _auto_chunk_size(self) -> int:
-        # Keep a block's gradients and inputs near 32 MB: large enough to amortize per-call
-        # overhead, small enough that the allocator reuses memory instead of mapping new pages.
+        # A block's gradients and inputs: large enough to amortize per-call overhead; with the
+        # default allocator, small enough (32 MB) that freed blocks are reused, not re-mapped.
         dataset = self.data.dataset
         feature = math.prod(dataset.feature_shape)
         per_node = 4 * (self.spec.dim + self.algorithm.local_work.batch_size * feature)
-        return max(1, min(self.num_nodes, (32 << 20) // per_node))
+        budget = (256 << 20) if self._large_blocks else (32 << 20)
+        return max(1, min(self.num_nodes, budget // per_node))
 
     def _pick_node_eval_subset(self) -> torch.Tensor | None:
         k = min(self.evaluation.node_samples, len(self.data.dataset.test_y))
@@ -224,27 +227,21 @@ class Simulation:
     def context(self, total_rounds: int) -> RoundContext:
         return RoundContext(self.round, total_rounds, self.seed, self.num_nodes, self.device)
 
-    def _blocks(self, participants: torch.Tensor | None) -> Iterator[tuple[Any, torch.Tensor]]:
-        """Blocks of at most ``chunk_size`` nodes: slices (views, no copy) when every node takes
-        the same number of steps, else index blocks sorted by steps, so a block stops as soon as
-        its own nodes are done instead of computing masked steps for the largest node's epoch.
-        Results do not depend on the blocking: every draw is keyed by node."""
-        c = self.chunk_size
-        sizes = self.data.sizes if participants is None else self.data.sizes[participants]
-        uneven = self.sampler.epochs is not None and bool((sizes != sizes[0]).any())
-        if participants is None and not uneven:
-            for start in range(0, self.num_nodes, c):
-                stop = min(start + c, self.num_nodes)
-                yield slice(start, stop), torch.arange(start, stop, device=self.device)
-            return
+    def _order(self, participants: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
+        """The nodes to train, in block order, and whether blocks can be slices of the state.
+
+        When nodes take different numbers of steps (epochs over unequal partitions) they are
+        sorted by size, so a block stops as soon as its own nodes are done instead of computing
+        masked steps for the largest node's epoch. Results do not depend on the order: every
+        draw is keyed by node."""
         ids = participants
         if ids is None:
             ids = torch.arange(self.num_nodes, device=self.device)
+        sizes = self.data.sizes[ids]
+        uneven = self.sampler.epochs is not None and bool((sizes != sizes[0]).any())
         if uneven:
             ids = ids[torch.argsort(sizes, descending=True, stable=True)]
-        for start in range(0, len(ids), c):
-            block = ids[start : start + c]
-            yield block, block
+        return ids, participants is None and not uneven
 
     def train(self, participants: torch.Tensor | None, round_index: int) -> None:
         """Local update: every participant takes its local steps, block by block, in place."""
@@ -255,29 +252,56 @@ class Simulation:
         if self.algorithm.local_work.reset_state_each_round:
             for buf in self.local_state.values():
                 buf.zero_()
-        for where, nodes in self._blocks(participants):
-            gathered = not isinstance(where, slice)
+        ids, contiguous = self._order(participants)
+        # The whole round's minibatches in one vectorized call (hashing is cheap per element,
+        # costly per call).
+        plan = self.sampler.batches(ids, round_index, 0, self.sampler.num_steps(ids))
+        steps_of = None if plan.active is None else plan.active.sum(dim=1)
+        for start in range(0, len(ids), self.chunk_size):
+            stop = min(start + self.chunk_size, len(ids))
+            where: Any = slice(start, stop) if contiguous else ids[start:stop]
+            num_steps = plan.index.shape[1]
+            if steps_of is not None:
+                num_steps = int(steps_of[start:stop].max())
+            index_all = plan.index[start:stop]
+            weight_all = None if plan.weight is None else plan.weight[start:stop]
             X = self.params[where]
             state = {k: v[where] for k, v in self.local_state.items()}
-            param_views = self.spec.views(X)
-            state_views = {k: self.spec.views(v) for k, v in state.items()}
-            num_steps = self.sampler.num_steps(nodes)
-            batches = self.sampler.batches(nodes, round_index, 0, num_steps)
-            active_steps = None if batches.active is None else batches.active.to(X.dtype)
-            # Steps where every sample of every node counts take the unmasked path.
-            partial = [True] * num_steps
-            if batches.weight is not None:
-                partial = (batches.weight < 1).any(dim=2).any(dim=0).tolist()
+            # Nodes are sorted by their number of steps, so the nodes still training at a step
+            # are a prefix of the block: a step computes exactly those, nothing masked.
+            if steps_of is None:
+                alive = [stop - start] * num_steps
+            else:
+                still = steps_of[start:stop].unsqueeze(1) > torch.arange(num_steps, device=X.device)
+                alive = still.sum(dim=0).tolist()
+            # Valid samples come first in every batch: a step computes only as many columns as
+            # its fullest node needs, and masks nothing when every node has that many.
+            width = [self.sampler.batch_size] * num_steps
+            masked = [False] * num_steps
+            if weight_all is not None:
+                counts = weight_all[:, :num_steps].sum(dim=2)
+                width = counts.max(dim=0).values.to(torch.int64).tolist()
+                low = torch.where(counts > 0, counts, float("inf")).min(dim=0).values
+                masked = (low < counts.max(dim=0).values).tolist()
+            views_for: dict[int, tuple[dict, dict]] = {}
             for step in range(num_steps):
-                index = batches.index[:, step]
+                m = alive[step]
+                if m not in views_for:
+                    views_for[m] = (
+                        self.spec.views(X[:m]),
+                        {k: self.spec.views(v[:m]) for k, v in state.items()},
+                    )
+                param_views, state_views = views_for[m]
+                index = index_all[:m, step, : width[step]]
                 xb = train_x.index_select(0, index.reshape(-1)).view(*index.shape, *feature)
                 yb = train_y[index]
-                if batches.weight is None or not partial[step]:
+                if not masked[step]:
                     grads = self._grad_fn(param_views, xb, yb)
                     active = None
                 else:
-                    grads = self._weighted_grad_fn(param_views, xb, yb, batches.weight[:, step])
-                    active = active_steps[:, step]
+                    weight = weight_all[:m, step, : width[step]]
+                    grads = self._weighted_grad_fn(param_views, xb, yb, weight)
+                    active = (weight.sum(dim=1) > 0).to(X.dtype)
                 with torch.no_grad():
                     for name in self.spec.names:
                         p = param_views[name]
@@ -285,7 +309,7 @@ class Simulation:
                         rule.update(
                             p, grads[name], {k: v[name] for k, v in state_views.items()}, a
                         )
-            if gathered:
+            if not contiguous:
                 self.params[where] = X
                 for k, v in state.items():
                     self.local_state[k][where] = v

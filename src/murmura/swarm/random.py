@@ -148,18 +148,21 @@ def permute(position: torch.Tensor, size: torch.Tensor, key: torch.Tensor) -> to
     if bool((position >= size).any()) or bool((position < 0).any()):
         raise ValueError("permute: position must lie in [0, size)")
     bits = torch.ceil(torch.log2(size.clamp_min(2).to(torch.float64))).to(torch.int64)
-    half = (bits + 1) // 2
+    half = ((bits + 1) // 2).reshape(-1)
+    flat_size, flat_key = size.reshape(-1), key.reshape(-1)
+    y = _feistel(position.reshape(-1), flat_key, half)
+    # Cycle walking: re-encrypt only the values still outside [0, size).
+    todo = torch.nonzero(y >= flat_size).flatten()
+    while todo.numel():
+        walked = _feistel(y[todo], flat_key[todo], half[todo])
+        y[todo] = walked
+        todo = todo[walked >= flat_size[todo]]
+    return y.view(position.shape)
+
+
+def _feistel(x: torch.Tensor, key: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
     mask = (torch.ones_like(half) << half) - 1
-    y = position.clone()
-    todo = torch.ones_like(y, dtype=torch.bool)
-    first = True
-    while first or bool(todo.any()):
-        first = False
-        left, right = y >> half, y & mask
-        for r in range(4):
-            f = hash_keys(key, r, right) & mask
-            left, right = right, left ^ f
-        walked = (left << half) | right
-        y = torch.where(todo, walked, y)
-        todo = y >= size
-    return y
+    left, right = x >> half, x & mask
+    for r in range(4):
+        left, right = right, left ^ (hash_keys(key, r, right) & mask)
+    return (left << half) | right
