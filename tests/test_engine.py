@@ -217,6 +217,13 @@ def test_bad_input_gets_a_clear_error(kwargs, match):
     assert match in str(info.value)
 
 
+def test_raw_dataset_instead_of_federated_data_is_refused():
+    from murmura.data import load_dataset
+
+    with pytest.raises(TypeError, match="federate"):
+        Simulation(load_dataset("digits"), "logreg", "fedavg")
+
+
 def test_batchnorm_is_refused_with_advice():
     model = nn.Sequential(nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, 10))
     with pytest.raises(ValueError, match="GroupNorm"):
@@ -237,3 +244,93 @@ def test_user_module_and_user_registered_algorithm():
     sim.run(2)
     assert "momentum" in sim.local_state
     assert make_algorithm("test_heavy_ball_gossip").local_rule.momentum == 0.5
+
+
+def test_final_merge_is_the_uniform_average_dsgd_would_have():
+    kwargs = dict(lr=0.1, local_steps=3, batch_size=8)
+    plain = Simulation(digits(nodes=7), "logreg", "dsgd", "ring", algorithm_kwargs=kwargs,
+                       evaluation=NO_EVAL)
+    merged = Simulation(digits(nodes=7), "logreg", "dsgd_final_merge", "ring",
+                        algorithm_kwargs=kwargs, evaluation=NO_EVAL)
+    plain.run(3)
+    merged.run(3)
+    # Ring Metropolis gossip is doubly stochastic: it keeps x̄, so the merge must land on it.
+    for row in merged.params:
+        torch.testing.assert_close(row, plain.params.mean(0), atol=1e-6, rtol=1e-5)
+
+
+def test_disconnected_graph_is_refused_where_gossip_needs_connectivity():
+    with pytest.raises(ValueError, match="connected"):
+        Simulation(digits(nodes=6), "logreg", "dsgd", "isolated", evaluation=NO_EVAL)
+    # A final merge makes isolated training meaningful: allowed.
+    sim = Simulation(digits(nodes=6), "logreg", "dsgd_final_merge", "isolated",
+                     algorithm_kwargs=dict(local_steps=1), evaluation=NO_EVAL)
+    sim.run(2)
+    assert float(sim.bytes_sent.sum()) == 6 * 4 * sim.spec.dim  # only the merge's uploads
+
+
+@pytest.mark.parametrize("kwargs,expected", [
+    (dict(communicate_every=3), ["skip", "skip", "communicate", "skip", "skip", "communicate"]),
+    (dict(late_fraction=0.5), ["skip", "skip", "skip", "communicate", "communicate",
+                               "communicate"]),
+    (dict(communicate_every=2, final_merge=True), ["skip", "communicate", "skip",
+                                                   "communicate", "skip", "merge"]),
+])
+def test_communication_schedules(kwargs, expected):
+    sim = Simulation(digits(nodes=4), "logreg", "dsgd", "ring",
+                     algorithm_kwargs=dict(lr=0.1, local_steps=1, **kwargs),
+                     evaluation=NO_EVAL)
+    history = sim.run(6)
+    assert [r["communicated"] for r in history] == expected
+    sent = [r["bytes_sent"] for r in history]
+    assert all((s > 0) == (a != "skip") for s, a in zip(sent, expected))
+
+
+def test_user_registered_dataset_partition_model_and_topology_work_by_name():
+    import networkx as nx
+    import numpy as np
+
+    from murmura.data import DATASETS, PARTITIONERS, Dataset
+    from murmura.models import MODELS
+    from murmura.topology import TOPOLOGIES
+
+    @DATASETS.register("test_blobs", "two gaussian blobs", overwrite=True)
+    def blobs(seed: int = 0) -> Dataset:
+        g = torch.Generator().manual_seed(seed)
+        y = torch.arange(400) % 2
+        x = torch.randn(400, 5, generator=g) + 2.0 * y.unsqueeze(1)
+        return Dataset("test_blobs", x[:300], y[:300], x[300:], y[300:], num_classes=2)
+
+    @PARTITIONERS.register("test_halves", "first half / second half", overwrite=True)
+    def halves(labels, num_nodes, *, seed):
+        return [np.asarray(p, dtype=np.int64) for p in np.array_split(np.arange(len(labels)),
+                                                                      num_nodes)]
+
+    @MODELS.register("test_tiny", "one linear layer", overwrite=True)
+    def tiny(input_shape, num_classes):
+        return nn.Linear(input_shape[0], num_classes)
+
+    @TOPOLOGIES.register("test_path", "a path graph", overwrite=True)
+    def path(n: int, *, seed: int = 0):
+        return nx.path_graph(n)
+
+    data = federate("test_blobs", num_nodes=3, partition="test_halves")
+    sim = Simulation(data, "test_tiny", "dsgd", "test_path",
+                     algorithm_kwargs=dict(lr=0.5, local_steps=5), evaluation=Evaluation(every=5))
+    history = sim.run(5)
+    assert history.final["test_accuracy"] > 0.9
+    assert sim.bytes_sent.tolist() == [4 * sim.spec.dim * 5 * k for k in (1, 2, 1)]
+
+
+def test_fedavg_epochs_over_unequal_partitions_match_across_block_sizes():
+    data = digits(nodes=9, alpha=0.2)
+    runs = []
+    for chunk in (2, 4, None):
+        sim = Simulation(data, "mlp", "fedavg", model_kwargs={"hidden": [8]},
+                         algorithm_kwargs=dict(lr=0.05, local_epochs=1.0, batch_size=16,
+                                               fraction=0.7),
+                         evaluation=NO_EVAL, chunk_size=chunk)
+        sim.run(2)
+        runs.append(sim.params)
+    torch.testing.assert_close(runs[0], runs[1], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(runs[0], runs[2], atol=1e-6, rtol=1e-5)

@@ -32,8 +32,12 @@ def main() -> None:
     parser.add_argument("--root", default=None, help="Fashion-MNIST folder")
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--plot-only", action="store_true", help="redraw from existing CSVs")
     args = parser.parse_args()
     out = Path(args.out)
+    if args.plot_only:
+        print(plot(out))
+        return
     out.mkdir(parents=True, exist_ok=True)
     summary = []
     for seed in args.seeds:
@@ -58,6 +62,39 @@ def main() -> None:
             summary.append(row)
             print(json.dumps(row), flush=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot(out)
+
+
+def plot(out: Path) -> Path:
+    """Accuracy of the average model and mean accuracy of the nodes' own models, per arm."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for (label, _, _), color in zip(ARMS, ["C0", "C1", "C2"]):
+        for path in sorted(out.glob(f"{label}_seed*.csv")):
+            rows = [r for r in csv.DictReader(path.open()) if r.get("test_accuracy")]
+            rounds = [int(r["round"]) + 1 for r in rows]
+            first = path.name.endswith("seed0.csv")
+            for ax, key in zip(axes, ["test_accuracy", "node_accuracy_mean"]):
+                ax.plot(rounds, [100 * float(r[key]) for r in rows], color=color, alpha=0.8,
+                        label=label if first else None)
+    axes[0].set_title("average model x̄")
+    axes[1].set_title("nodes' own models (mean)")
+    for ax in axes:
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[0].legend()
+    fig.suptitle("Fashion-MNIST, 100 nodes, Dirichlet 0.1, MLP 784-200-10 (each line one seed)")
+    fig.tight_layout()
+    target = out.parent / "accuracy.png"
+    fig.savefig(target, dpi=110)
+    return target
 
 
 if __name__ == "__main__":

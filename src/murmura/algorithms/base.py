@@ -171,7 +171,9 @@ class LocalWork:
 @dataclass(frozen=True)
 class Algorithm:
     """A named composition of rules. ``needs_connected`` makes the engine refuse a
-    disconnected static topology."""
+    disconnected static topology; ``merge_weighting`` says how a schedule's global merge
+    averages: ``"uniform"`` (x̄ = mean of the nodes' models, as in the single-merge paper) or
+    ``"samples"`` (weighted by each node's number of samples, as FedAvg's server does)."""
 
     name: str
     local_rule: LocalRule
@@ -180,7 +182,14 @@ class Algorithm:
     schedule: Schedule
     participation: Participation
     needs_connected: bool = False
+    merge_weighting: str = "uniform"
     params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.merge_weighting not in ("uniform", "samples"):
+            raise ValueError(
+                f"merge_weighting must be 'uniform' or 'samples', got {self.merge_weighting!r}"
+            )
 
     @property
     def needs_topology(self) -> bool:

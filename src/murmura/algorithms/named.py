@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from murmura.algorithms.base import ALGORITHMS, Algorithm, LocalWork, Schedule
 from murmura.algorithms.rules import (
     SGD,
@@ -92,6 +94,15 @@ def dsgd_final_merge(**params) -> Algorithm:
     params.setdefault("final_merge", True)
     algo = dsgd(**params)
     return Algorithm(**{**algo.__dict__, "name": "dsgd_final_merge"})
+
+
+# Same parameters as dsgd (so unknown ones are rejected by name), with final_merge on.
+dsgd_final_merge.__signature__ = inspect.signature(dsgd).replace(  # type: ignore[attr-defined]
+    parameters=[
+        p.replace(default=True) if p.name == "final_merge" else p
+        for p in inspect.signature(dsgd).parameters.values()
+    ]
+)
 
 
 @ALGORITHMS.register("local_sgd", "local training only, optionally one global merge at the end")

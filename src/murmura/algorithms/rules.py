@@ -192,7 +192,7 @@ class SampledParticipation:
 @dataclass(frozen=True)
 class Every:
     """Communicate every ``k`` rounds (after rounds k-1, 2k-1, ...); with ``merge_at_end`` the
-    last round ends in one exact global average instead."""
+    last round ends in one exact global average instead (see ``Algorithm.merge_weighting``)."""
 
     k: int = 1
     merge_at_end: bool = False

@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,11 @@ from murmura.models import build_model, check_functional
 from murmura.swarm.batches import BatchSampler
 from murmura.swarm.memory import tune_allocator
 from murmura.swarm.params import ParamSpec
-from murmura.swarm.random import stream_id, uniform
+from murmura.swarm.random import uniform
+
+if TYPE_CHECKING:  # pragma: no cover
+    from murmura.data import FederatedData
+    from murmura.topology import Topology
 
 
 @dataclass(frozen=True)
@@ -77,10 +81,10 @@ class Simulation:
 
     def __init__(
         self,
-        data: Any,
+        data: FederatedData,
         model: str | nn.Module = "mlp",
         algorithm: str | Algorithm = "fedavg",
-        topology: Any = None,
+        topology: str | Topology | None = None,
         *,
         seed: int = 0,
         device: str | torch.device | None = None,
@@ -94,6 +98,12 @@ class Simulation:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self._large_blocks = self.device.type == "cpu" and tune_allocator()
         self.seed = int(seed)
+        if not hasattr(data, "index_table"):
+            raise TypeError(
+                f"data must be a FederatedData (a dataset split over nodes), got "
+                f"{type(data).__name__}: build it with murmura.data.federate(dataset, num_nodes, "
+                "partition=...)"
+            )
         self.data = data.to(self.device)
         dataset = self.data.dataset
         self.num_nodes = int(self.data.num_nodes)
@@ -105,16 +115,19 @@ class Simulation:
             raise ValueError("algorithm_kwargs only apply when the algorithm is given by name")
         self.algorithm = algorithm
 
-        torch.manual_seed(self.seed)
-        if isinstance(model, nn.Module):
-            if model_kwargs:
-                raise ValueError("model_kwargs only apply when the model is given by name")
-            check_functional(model)
-            self.model = model
-        else:
-            self.model = build_model(
-                model, dataset.feature_shape, dataset.num_classes, **(model_kwargs or {})
-            )
+        # Initialization draws from torch's global generator: seed it inside a fork so the
+        # caller's random state is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            if isinstance(model, nn.Module):
+                if model_kwargs:
+                    raise ValueError("model_kwargs only apply when the model is given by name")
+                check_functional(model)
+                self.model = model
+            else:
+                self.model = build_model(
+                    model, dataset.feature_shape, dataset.num_classes, **(model_kwargs or {})
+                )
         self.model = self.model.to(self.device)
         self.spec = ParamSpec.from_module(self.model)
         self.buffers = {k: v.detach() for k, v in self.model.named_buffers()}
@@ -185,14 +198,14 @@ class Simulation:
             return row.unsqueeze(0).repeat(n, 1)
         # One draw per node, seeded by (seed, node): the same whatever the node order.
         rows = []
-        for node in range(n):
-            gen_seed = int(uniform(self.seed, "init", torch.tensor([node]), dtype=torch.float64)
-                           .item() * 2**62)
-            torch.manual_seed(gen_seed)
-            for module in self.model.modules():
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
-            rows.append(self.spec.flatten(self.model))
+        with torch.random.fork_rng(devices=[]):
+            for node in range(n):
+                key = uniform(self.seed, "init", torch.tensor([node]), dtype=torch.float64)
+                torch.manual_seed(int(key.item() * 2**62))
+                for module in self.model.modules():
+                    if hasattr(module, "reset_parameters"):
+                        module.reset_parameters()
+                rows.append(self.spec.flatten(self.model))
         return torch.stack(rows).to(self.device)
 
     def _auto_chunk_size(self) -> int:
@@ -356,7 +369,8 @@ class Simulation:
         if action == "communicate":
             plan = algo.communication.plan(ctx, participants, self.topology, self.data.sizes)
         elif action == "merge":
-            plan = Average(global_average_weights(self.data.sizes, None, "samples"))
+            weights = global_average_weights(self.data.sizes, None, algo.merge_weighting)
+            plan = Average(weights)
         else:
             plan = None
         self.communicate(plan)
@@ -456,4 +470,4 @@ class Simulation:
             )
 
 
-__all__ = ["Evaluation", "NonFiniteError", "Simulation", "stream_id"]
+__all__ = ["Evaluation", "NonFiniteError", "Simulation"]
