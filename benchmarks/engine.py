@@ -249,7 +249,8 @@ def print_row(r: dict) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        kind, case_name, nodes, repeat = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+        kind, case_name = sys.argv[2], sys.argv[3]
+        nodes, repeat = int(sys.argv[4]), int(sys.argv[5])
         root = sys.argv[6] if len(sys.argv) > 6 else None
         worker = engine_worker if kind == "engine" else naive_worker
         print(json.dumps(worker(CASES[case_name], nodes, root, repeat)))

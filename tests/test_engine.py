@@ -334,3 +334,13 @@ def test_fedavg_epochs_over_unequal_partitions_match_across_block_sizes():
         runs.append(sim.params)
     torch.testing.assert_close(runs[0], runs[1], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(runs[0], runs[2], atol=1e-6, rtol=1e-5)
+
+
+def test_summary_reports_the_spectral_gap():
+    import math
+
+    sim = Simulation(digits(nodes=8), "logreg", "dsgd", "ring", evaluation=NO_EVAL)
+    summary = sim.summary()
+    assert summary["spectral_gap"] == pytest.approx(1 - (1 + 2 * math.cos(2 * math.pi / 8)) / 3)
+    assert summary["num_nodes"] == 8 and summary["message_bytes"] == 4 * sim.spec.dim
+    assert Simulation(digits(nodes=8), "logreg", "fedavg").summary()["spectral_gap"] is None

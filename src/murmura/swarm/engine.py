@@ -420,6 +420,28 @@ class Simulation:
             return False
         return (self.round + 1) % every == 0 or self.round == total_rounds - 1
 
+    def summary(self) -> dict[str, Any]:
+        """What was simulated: sizes, algorithm, topology and its spectral gap (static graphs;
+        ``None`` when it cannot be computed, e.g. a time-varying topology)."""
+        gap = None
+        if self.topology is not None and not self.topology.time_varying:
+            try:
+                gap = float(self.topology.spectral_gap())
+            except ValueError:
+                gap = None
+        return {
+            "num_nodes": self.num_nodes,
+            "model_parameters": self.spec.dim,
+            "message_bytes": self.message_bytes,
+            "algorithm": self.algorithm.name,
+            "algorithm_params": dict(self.algorithm.params),
+            "topology": None if self.topology is None else self.topology.label,
+            "spectral_gap": gap,
+            "rounds_done": self.round,
+            "chunk_size": self.chunk_size,
+            "device": str(self.device),
+        }
+
     def average_params(self) -> torch.Tensor:
         return self.params.mean(dim=0)
 
