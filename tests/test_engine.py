@@ -209,12 +209,27 @@ def test_nan_is_caught_with_a_clear_error():
     (dict(algorithm="fedavg", algorithm_kwargs=dict(batch_size=0)), "batch_size"),
     (dict(algorithm="fedavg", model="nope"), "unknown model"),
     (dict(algorithm="dsgd", topology="nope"), "unknown"),
+    (dict(algorithm="fedavg", chunk_size=0), "chunk_size"),
+    (dict(algorithm="fedavg", chunk_size=-3), "chunk_size"),
+    (dict(algorithm="fedavg", model="mlp", model_kwargs=dict(hidden=[0])), "hidden"),
+    (dict(algorithm="dsgd", topology="ring", topology_kwargs=dict(k=3)), "k"),
+    (dict(algorithm="fedavg", algorithm_kwargs=dict(local_steps=0)), "steps"),
 ])
 def test_bad_input_gets_a_clear_error(kwargs, match):
+    kwargs.setdefault("evaluation", NO_EVAL)
     with pytest.raises((ValueError, KeyError)) as info:
-        sim = Simulation(digits(nodes=6), **kwargs, evaluation=NO_EVAL)
+        sim = Simulation(digits(nodes=6), **kwargs)
         sim.run(1)
     assert match in str(info.value)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(every=-1), "every"), (dict(every=1.5), "every"), (dict(node_samples=-1), "node_samples"),
+    (dict(test_batch_size=0), "test_batch_size"),
+])
+def test_bad_evaluation_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Evaluation(**kwargs)
 
 
 def test_raw_dataset_instead_of_federated_data_is_refused():

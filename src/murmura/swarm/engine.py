@@ -57,8 +57,15 @@ class Evaluation:
     def __post_init__(self) -> None:
         if int(self.every) != self.every or self.every < 0:
             raise ValueError(f"evaluation every must be an integer >= 0, got {self.every!r}")
-        if self.node_samples < 0:
-            raise ValueError(f"evaluation node_samples must be >= 0, got {self.node_samples!r}")
+        if int(self.node_samples) != self.node_samples or self.node_samples < 0:
+            raise ValueError(
+                f"evaluation node_samples must be an integer >= 0, got {self.node_samples!r}"
+            )
+        if int(self.test_batch_size) != self.test_batch_size or self.test_batch_size < 1:
+            raise ValueError(
+                f"evaluation test_batch_size must be a positive integer, got "
+                f"{self.test_batch_size!r}"
+            )
 
 
 class NonFiniteError(FloatingPointError):
@@ -154,7 +161,12 @@ class Simulation:
             steps=work.steps,
             epochs=work.epochs,
         )
-        self.chunk_size = chunk_size or self._auto_chunk_size()
+        if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
+            raise ValueError(
+                f"chunk_size must be a positive number of nodes per block, got {chunk_size!r} "
+                "(or None to size blocks automatically)"
+            )
+        self.chunk_size = int(chunk_size) if chunk_size is not None else self._auto_chunk_size()
         self._grad_fn = vmap(algorithm.local_rule.gradient(self._loss))
         self._weighted_grad_fn = vmap(algorithm.local_rule.gradient(self._weighted_loss))
         self._node_eval_subset = self._pick_node_eval_subset()
