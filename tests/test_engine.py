@@ -191,11 +191,31 @@ def test_history_records_and_writers(tmp_path):
 def test_nan_is_caught_with_a_clear_error():
     sim = Simulation(digits(nodes=4), "logreg", "dsgd", "ring",
                      algorithm_kwargs=dict(lr=0.1, local_steps=1))
-    sim.run(2)
+    sim.step(4)
+    sim.step(4)
     sim.params[1, 0] = float("nan")  # as a diverging node would
-    with pytest.raises(FloatingPointError, match=r"nodes \[.*\] became NaN or Inf"):
+    expected = r"after round 2: the parameters of nodes \[0, 1, 2\] are NaN"
+    with pytest.raises(FloatingPointError, match=expected):
         sim.run(4)
     assert len(sim.history) == 2  # what was computed is kept
+
+
+def test_divergence_without_evaluation_is_caught_at_the_end_of_run():
+    sim = Simulation(digits(nodes=4), "logreg", "fedavg", evaluation=NO_EVAL,
+                     algorithm_kwargs=dict(lr=1e38, local_steps=3))
+    with pytest.raises(FloatingPointError, match="after round 2"):
+        sim.run(3)
+    assert len(sim.history) == 3
+
+
+def test_run_keeps_the_total_it_started_with():
+    sim = Simulation(digits(nodes=4), "logreg", "dsgd_final_merge", "ring", evaluation=NO_EVAL,
+                     algorithm_kwargs=dict(local_steps=1))
+    sim.run(3)
+    sim.run(3)  # already done: nothing more
+    assert [r["communicated"] for r in sim.history] == ["communicate", "communicate", "merge"]
+    with pytest.raises(ValueError, match="started for 3 rounds"):
+        sim.run(6)
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -23,6 +23,8 @@ COLUMNS: dict[str, str] = {
     "bytes_sent_total": "cumulative bytes sent by all nodes",
     "bytes_sent_per_node_mean": "cumulative bytes sent, mean over nodes",
     "bytes_sent_per_node_max": "cumulative bytes sent by the busiest node",
+    "bytes_received_total": "cumulative bytes received by all nodes",
+    "bytes_received_per_node_mean": "cumulative bytes received, mean over nodes",
     "bytes_received_per_node_max": "cumulative bytes received by the busiest node",
     "server_bytes_sent_total": "cumulative bytes a server sent (star algorithms; 0 otherwise)",
     "train_seconds": "wall time of the round's local training",

@@ -13,6 +13,7 @@ blocks (bounded memory) and local steps.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -104,7 +105,9 @@ class Simulation:
     ) -> None:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self._large_blocks = self.device.type == "cpu" and tune_allocator()
-        self.seed = int(seed)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        self.seed = seed
         if not hasattr(data, "index_table"):
             raise TypeError(
                 f"data must be a FederatedData (a dataset split over nodes), got "
@@ -121,23 +124,30 @@ class Simulation:
         elif algorithm_kwargs:
             raise ValueError("algorithm_kwargs only apply when the algorithm is given by name")
         self.algorithm = algorithm
+        how_many = getattr(algorithm.participation, "how_many", None)
+        if how_many is not None:
+            how_many(self.num_nodes)  # e.g. more clients per round than nodes: fail now
 
-        # Initialization draws from torch's global generator: seed it inside a fork so the
-        # caller's random state is left as it was.
+        # Initialization draws from torch's global CPU generator: seed it inside a fork so the
+        # caller's random state is left as it was, and build on the CPU so a seed gives the same
+        # model on every device. A user's module is copied, never modified.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             if isinstance(model, nn.Module):
                 if model_kwargs:
                     raise ValueError("model_kwargs only apply when the model is given by name")
                 check_functional(model)
-                self.model = model
+                template = copy.deepcopy(model).cpu()
             else:
-                self.model = build_model(
+                template = build_model(
                     model, dataset.feature_shape, dataset.num_classes, **(model_kwargs or {})
                 )
-        self.model = self.model.to(self.device)
+        template = template.to(torch.float32)
+        self._cpu_template = template
+        self.model = copy.deepcopy(template).to(self.device)
         self.spec = ParamSpec.from_module(self.model)
         self.buffers = {k: v.detach() for k, v in self.model.named_buffers()}
+        self._activations_per_sample = self._probe_model()
 
         self.topology = self._make_topology(topology, topology_kwargs)
 
@@ -171,6 +181,7 @@ class Simulation:
         self._weighted_grad_fn = vmap(algorithm.local_rule.gradient(self._weighted_loss))
         self._node_eval_subset = self._pick_node_eval_subset()
         self.round = 0
+        self.total_rounds: int | None = None
         self.history = History()
         self._wall = 0.0
 
@@ -196,6 +207,10 @@ class Simulation:
             )
         elif kwargs:
             raise ValueError("topology_kwargs only apply when the topology is given by name")
+        elif self.algorithm.needs_connected and not topology.time_varying:
+            from murmura.topology import check_connected
+
+            check_connected(topology)
         if topology.num_nodes != self.num_nodes:
             raise ValueError(
                 f"the topology has {topology.num_nodes} nodes but the data is split over "
@@ -205,29 +220,78 @@ class Simulation:
 
     def _initial_params(self, same_init: bool) -> torch.Tensor:
         n = self.num_nodes
+        template = self._cpu_template
         if same_init:
-            row = self.spec.flatten(self.model).to(self.device)
+            row = self.spec.flatten(template).to(self.device)
             return row.unsqueeze(0).repeat(n, 1)
-        # One draw per node, seeded by (seed, node): the same whatever the node order.
+        # One draw per node on the CPU, seeded by (seed, node): the same whatever the node
+        # order or device.
+        model = copy.deepcopy(template)
         rows = []
         with torch.random.fork_rng(devices=[]):
             for node in range(n):
                 key = uniform(self.seed, "init", torch.tensor([node]), dtype=torch.float64)
                 torch.manual_seed(int(key.item() * 2**62))
-                for module in self.model.modules():
+                for module in model.modules():
                     if hasattr(module, "reset_parameters"):
                         module.reset_parameters()
-                rows.append(self.spec.flatten(self.model))
+                rows.append(self.spec.flatten(model))
         return torch.stack(rows).to(self.device)
 
-    def _auto_chunk_size(self) -> int:
-        # A block's gradients and inputs: large enough to amortize per-call overhead; with the
-        # default allocator, small enough (32 MB) that freed blocks are reused, not re-mapped.
+    def _probe_model(self) -> int:
+        """Run the model on two training samples: a clear error now instead of a shape error
+        deep inside a vmapped step, and the activation size per sample, for block sizing."""
         dataset = self.data.dataset
-        feature = math.prod(dataset.feature_shape)
-        per_node = 4 * (self.spec.dim + self.algorithm.local_work.batch_size * feature)
-        budget = (256 << 20) if self._large_blocks else (32 << 20)
-        return max(1, min(self.num_nodes, budget // per_node))
+        sizes: list[int] = []
+
+        def count(module: nn.Module, inputs: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor):
+                sizes.append(output.numel())
+
+        leaves = [m for m in self.model.modules() if not list(m.children())]
+        hooks = [m.register_forward_hook(count) for m in leaves]
+        x = dataset.train_x[:2]
+        try:
+            with torch.no_grad():
+                out = self.model(x)
+        except Exception as error:  # any failure here is the model/data mismatch it reports
+            raise ValueError(
+                f"the model cannot run on this dataset's samples (shape "
+                f"{tuple(dataset.feature_shape)}): {type(error).__name__}: {error}"
+            ) from error
+        finally:
+            for hook in hooks:
+                hook.remove()
+        expected = (2, dataset.num_classes)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(
+                f"the model must map a batch of samples to class scores of shape [batch, "
+                f"{dataset.num_classes}] ({dataset.num_classes} classes in {dataset.name!r}); "
+                f"it returned {shape} for a batch of 2"
+            )
+        return max(1, sum(sizes) // 2)
+
+    def _memory_budget(self) -> int:
+        """Bytes a block of nodes may use for its gradients, inputs and activations."""
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return max(64 << 20, min(4 << 30, free // 8))
+        # With the default allocator, blocks stay under glibc's 32 MB mmap ceiling so freed
+        # buffers are reused instead of re-mapped (and zeroed) every step.
+        return (256 << 20) if self._large_blocks else (32 << 20)
+
+    def _auto_chunk_size(self) -> int:
+        feature = math.prod(self.data.dataset.feature_shape)
+        batch = self.algorithm.local_work.batch_size
+        # parameters' gradient + update temporaries, the minibatch, and the activations that
+        # backward keeps (about three tensors per activation: output, saved input, gradient)
+        per_node = 4 * (2 * self.spec.dim + batch * (feature + 3 * self._activations_per_sample))
+        return max(1, min(self.num_nodes, self._memory_budget() // per_node))
+
+    def _eval_chunk_size(self, samples: int) -> int:
+        per_node = 4 * (self.spec.dim + 2 * samples * self._activations_per_sample)
+        return max(1, min(self.num_nodes, self._memory_budget() // per_node))
 
     def _pick_node_eval_subset(self) -> torch.Tensor | None:
         k = min(self.evaluation.node_samples, len(self.data.dataset.test_y))
@@ -278,18 +342,17 @@ class Simulation:
             for buf in self.local_state.values():
                 buf.zero_()
         ids, contiguous = self._order(participants)
-        # The whole round's minibatches in one vectorized call (hashing is cheap per element,
-        # costly per call).
-        plan = self.sampler.batches(ids, round_index, 0, self.sampler.num_steps(ids))
-        steps_of = None if plan.active is None else plan.active.sum(dim=1)
         for start in range(0, len(ids), self.chunk_size):
             stop = min(start + self.chunk_size, len(ids))
             where: Any = slice(start, stop) if contiguous else ids[start:stop]
-            num_steps = plan.index.shape[1]
-            if steps_of is not None:
-                num_steps = int(steps_of[start:stop].max())
-            index_all = plan.index[start:stop]
-            weight_all = None if plan.weight is None else plan.weight[start:stop]
+            nodes = ids[start:stop]
+            # The block's whole round of minibatches in one vectorized call (hashing is cheap
+            # per element, costly per call).
+            num_steps = self.sampler.num_steps(nodes)
+            plan = self.sampler.batches(nodes, round_index, 0, num_steps)
+            steps_of = None if plan.active is None else plan.active.sum(dim=1)
+            index_all = plan.index
+            weight_all = plan.weight
             X = self.params[where]
             state = {k: v[where] for k, v in self.local_state.items()}
             # Nodes are sorted by their number of steps, so the nodes still training at a step
@@ -297,7 +360,7 @@ class Simulation:
             if steps_of is None:
                 alive = [stop - start] * num_steps
             else:
-                still = steps_of[start:stop].unsqueeze(1) > torch.arange(num_steps, device=X.device)
+                still = steps_of.unsqueeze(1) > torch.arange(num_steps, device=X.device)
                 alive = still.sum(dim=0).tolist()
             # Valid samples come first in every batch: a step computes only as many columns as
             # its fullest node needs, and masks nothing when every node has that many.
@@ -397,6 +460,8 @@ class Simulation:
             bytes_sent_total=float(sent.sum()),
             bytes_sent_per_node_mean=float(sent.mean()),
             bytes_sent_per_node_max=float(sent.max()),
+            bytes_received_total=float(self.bytes_received.sum()),
+            bytes_received_per_node_mean=float(self.bytes_received.mean()),
             bytes_received_per_node_max=float(self.bytes_received.max()),
             server_bytes_sent_total=self.server_bytes_sent,
             train_seconds=t1 - t0,
@@ -414,11 +479,22 @@ class Simulation:
         rounds: int,
         callback: Callable[[dict[str, Any]], None] | None = None,
     ) -> History:
-        """Run until ``rounds`` rounds in total have been done; returns the history."""
-        if int(rounds) != rounds or rounds < 1:
+        """Run until ``rounds`` rounds in total have been done; returns the history.
+
+        The total is part of the experiment (schedules such as a final merge or late
+        communication are placed relative to it), so a simulation keeps the total of its first
+        ``run``: calling ``run`` again with the same total resumes an interrupted run."""
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
             raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
+        if self.total_rounds is None:
+            self.total_rounds = rounds
+        elif rounds != self.total_rounds:
+            raise ValueError(
+                f"this simulation was started for {self.total_rounds} rounds (schedules are placed "
+                f"relative to that total); build a new Simulation to run {rounds}"
+            )
         while self.round < rounds:
-            record = self.step(int(rounds))
+            record = self.step(rounds)
             if callback is not None:
                 callback(record)
         self._check_finite()
@@ -471,7 +547,7 @@ class Simulation:
         result = {"test_accuracy": acc, "test_loss": loss}
         distance = consensus_distance(self.params)
         if not math.isfinite(distance):
-            self._check_finite()
+            self._check_finite(last_round=self.round)
         result["consensus_distance"] = distance
         subset = self._node_eval_subset
         if subset is not None:
@@ -482,7 +558,8 @@ class Simulation:
                 )
             else:
                 node_acc = evaluate_nodes(
-                    self.model, self.spec, self.params, x, y, self.buffers, self.chunk_size
+                    self.model, self.spec, self.params, x, y, self.buffers,
+                    self._eval_chunk_size(len(y)),
                 )
             result.update(
                 node_accuracy_mean=float(node_acc.mean()),
@@ -491,16 +568,18 @@ class Simulation:
             )
         return result
 
-    def _check_finite(self) -> None:
+    def _check_finite(self, last_round: int | None = None) -> None:
         # Checked on evaluation rounds and at the end of a run, not every round: it reads the
         # whole state, and a NaN, once there, spreads to every model it is averaged into.
         finite = torch.isfinite(self.params).all(dim=1)
         if not bool(finite.all()):
             bad = torch.nonzero(~finite).flatten()[:5].tolist()
+            when = self.round - 1 if last_round is None else last_round
             raise NonFiniteError(
-                f"round {self.round}: the parameters of nodes {bad} became NaN or Inf; "
-                "lower the learning rate or check the data (the history up to the previous "
-                "round is kept in Simulation.history)"
+                f"after round {when}: the parameters of nodes {bad} are NaN or Inf "
+                "(checked on evaluation rounds and at the end of run); lower the learning rate "
+                f"or check the data. Simulation.history keeps the {len(self.history)} rounds "
+                "recorded before this check."
             )
 
 
