@@ -228,19 +228,56 @@ def test_run_keeps_the_total_it_started_with():
     (dict(algorithm="fedavg", algorithm_kwargs=dict(momentum=1.0)), "momentum"),
     (dict(algorithm="fedavg", algorithm_kwargs=dict(batch_size=0)), "batch_size"),
     (dict(algorithm="fedavg", model="nope"), "unknown model"),
-    (dict(algorithm="dsgd", topology="nope"), "unknown"),
+    (dict(algorithm="dsgd", topology="nope"), "unknown topology 'nope'"),
     (dict(algorithm="fedavg", chunk_size=0), "chunk_size"),
     (dict(algorithm="fedavg", chunk_size=-3), "chunk_size"),
     (dict(algorithm="fedavg", model="mlp", model_kwargs=dict(hidden=[0])), "hidden"),
-    (dict(algorithm="dsgd", topology="ring", topology_kwargs=dict(k=3)), "k"),
+    (dict(algorithm="dsgd", topology="ring", topology_kwargs=dict(k=3)), "accepted"),
     (dict(algorithm="fedavg", algorithm_kwargs=dict(local_steps=0)), "steps"),
+    (dict(algorithm="fedavg", algorithm_kwargs=dict(lr="0.1")), "lr must be a number"),
+    (dict(algorithm="fedavg", algorithm_kwargs=dict(weight_decay=float("inf"))), "finite"),
+    (dict(algorithm="fedavg", model_kwargs=dict(hiden=[4])), "no parameter(s) hiden"),
+    (dict(algorithm="fedavg", seed=-1), "seed"),
+    (dict(algorithm="fedavg", seed=1.7), "seed"),
+    (dict(algorithm="fedavg", model=nn.Linear(64, 5)), "[batch, 10]"),
+    (dict(algorithm="fedavg", model=nn.Linear(30, 10)), "cannot run on this dataset"),
+    (dict(algorithm="fedavg", model=nn.Sequential(nn.Linear(64, 10), nn.Dropout(0.5))),
+     "Dropout"),
 ])
 def test_bad_input_gets_a_clear_error(kwargs, match):
     kwargs.setdefault("evaluation", NO_EVAL)
     with pytest.raises((ValueError, KeyError)) as info:
-        sim = Simulation(digits(nodes=6), **kwargs)
-        sim.run(1)
+        Simulation(digits(nodes=6), **kwargs)  # refused when built, before any training
     assert match in str(info.value)
+
+
+def test_float64_user_module_is_copied_and_run_in_float32():
+    model = nn.Linear(64, 10).double()
+    sim = Simulation(digits(nodes=4), model, "fedavg", algorithm_kwargs=dict(local_steps=1),
+                     evaluation=NO_EVAL)
+    sim.run(1)
+    assert sim.params.dtype == torch.float32
+    assert model.weight.dtype == torch.float64  # the user's module is left alone
+
+
+def test_disconnected_topology_object_is_refused():
+    from murmura.topology import make_topology
+
+    with pytest.raises(ValueError, match="connected components"):
+        Simulation(digits(nodes=6), "logreg", "dsgd", make_topology("isolated", 6))
+
+
+def test_block_size_accounts_for_activations(monkeypatch):
+    monkeypatch.setattr(Simulation, "_memory_budget", lambda self: 8 << 20)
+    data = federate("digits", num_nodes=200, partition="iid", seed=0)
+    narrow = Simulation(data, "mlp", "fedavg", model_kwargs={"hidden": [8]}, evaluation=NO_EVAL)
+    deep = Simulation(data, "mlp", "fedavg", model_kwargs={"hidden": [8] * 40},
+                      evaluation=NO_EVAL)
+    assert deep._activations_per_sample > 5 * narrow._activations_per_sample
+    before = narrow._auto_chunk_size()
+    narrow._activations_per_sample *= 100  # a model with far larger activations, same size
+    assert narrow._auto_chunk_size() < before / 10
+    assert narrow._eval_chunk_size(500) < narrow._auto_chunk_size()
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -49,10 +49,13 @@ def fedavg(
         participation = FullParticipation()
     else:
         participation = SampledParticipation(fraction=fraction, count=clients_per_round)
+    work = _work(local_steps, local_epochs, batch_size)
     return Algorithm(
         name="fedavg",
         local_rule=SGD(lr, momentum, weight_decay),
-        local_work=_work(local_steps, local_epochs, batch_size),
+        # Each round's clients start a fresh optimizer from the global model, as in FedAvg.
+        local_work=LocalWork(work.batch_size, work.steps, work.epochs,
+                             reset_state_each_round=True),
         communication=ServerAverage(weighting),
         schedule=Every(1),
         participation=participation,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -38,7 +39,13 @@ class SGD:
     nesterov: bool = False
 
     def __post_init__(self) -> None:
-        if not (self.lr > 0 and math.isfinite(self.lr)):
+        for name in ("lr", "momentum", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ValueError(f"sgd: {name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"sgd: {name} must be finite, got {value!r}")
+        if not self.lr > 0:
             raise ValueError(f"sgd: lr must be a positive finite number, got {self.lr!r}")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"sgd: momentum must lie in [0, 1), got {self.momentum!r}")

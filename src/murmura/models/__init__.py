@@ -1,9 +1,10 @@
 """A small model zoo that works with ``torch.func.functional_call`` and ``vmap``.
 
 Any user ``nn.Module`` works as long as ``functional_call`` can run it: its state is its
-parameters (plus constant buffers shared by all nodes). BatchNorm's running statistics are per-node
-mutable state that a functional call cannot carry, so BatchNorm with ``track_running_stats`` is
-refused: use GroupNorm or LayerNorm instead.
+parameters (plus constant buffers shared by all nodes), kept in float32. BatchNorm's running
+statistics are per-node mutable state that a functional call cannot carry, so BatchNorm with
+``track_running_stats`` is refused: use GroupNorm or LayerNorm instead. Dropout is refused too: it
+draws from torch's global generator, which cannot be keyed by node inside ``vmap``.
 
 >>> from murmura.models import build_model
 >>> model = build_model("mlp", input_shape=(64,), num_classes=10, hidden=(32,))
@@ -13,6 +14,7 @@ refused: use GroupNorm or LayerNorm instead.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 
@@ -76,9 +78,18 @@ def build_model(
     name: str | nn.Module, input_shape: Sequence[int], num_classes: int, **kwargs
 ) -> nn.Module:
     """A model by registry name (or a user module passed through), checked for vmap-ability."""
-    model = name if isinstance(name, nn.Module) else MODELS.get(name)(
-        tuple(input_shape), int(num_classes), **kwargs
-    )
+    if isinstance(name, nn.Module):
+        model = name
+    else:
+        factory = MODELS.get(name)
+        accepted = list(inspect.signature(factory).parameters)[2:]
+        unknown = sorted(set(kwargs) - set(accepted))
+        if unknown:
+            raise ValueError(
+                f"model {name!r} has no parameter(s) {', '.join(unknown)}; accepted: "
+                f"{', '.join(accepted) or '(none)'}"
+            )
+        model = factory(tuple(input_shape), int(num_classes), **kwargs)
     check_functional(model)
     return model
 
@@ -92,6 +103,12 @@ def check_functional(model: nn.Module) -> None:
                 "which are per-node mutable state that murmura's vectorized step cannot carry; "
                 "replace it with nn.GroupNorm or nn.LayerNorm (or BatchNorm with "
                 "track_running_stats=False)"
+            )
+        if isinstance(mod, nn.modules.dropout._DropoutNd) and mod.p > 0:
+            raise ValueError(
+                f"module {mod_name or type(mod).__name__!r} is Dropout, which draws from torch's "
+                "global generator: murmura keys every random draw by (seed, node, round, step) "
+                "and cannot do so inside a vmapped model; remove it or set p=0"
             )
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("the model has no trainable parameters")

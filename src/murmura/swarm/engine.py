@@ -522,7 +522,10 @@ class Simulation:
             "model_parameters": self.spec.dim,
             "message_bytes": self.message_bytes,
             "algorithm": self.algorithm.name,
-            "algorithm_params": dict(self.algorithm.params),
+            "algorithm_params": {
+                k: v for k, v in self.algorithm.params.items()
+                if v is None or isinstance(v, (bool, int, float, str))
+            },
             "topology": None if self.topology is None else self.topology.label,
             "spectral_gap": gap,
             "rounds_done": self.round,
