@@ -5,9 +5,10 @@ floor, all measured in the same run (a benchmark, never a test).
     python benchmarks/engine.py --quick         # small sizes, a smoke run
     python benchmarks/engine.py --regime overhead --nodes 10000 --json out.json
 
-Each implementation runs in its own fresh process (same data, model, algorithm and batches), so
-one's allocator state cannot slow the other; the naive loop runs with murmura's allocator tuning
-off, as a plain PyTorch user would.
+Each implementation runs in its own fresh process (same data split, model, algorithm, number of
+steps and batch sizes; the naive loop shuffles with its own torch generator), so one's allocator
+state cannot slow the other; the naive loop runs with murmura's allocator tuning off, as a plain
+PyTorch user would.
 
 **Floor.** The round's FLOPs at the machine's fp32 matmul rate (a 2048x2048 GEMM, measured now)
 plus its minimum memory traffic at the machine's copy bandwidth (measured now). The minimum

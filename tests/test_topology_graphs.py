@@ -220,3 +220,23 @@ def test_hundred_thousand_nodes_build() -> None:
     rg = make_topology("ring", n)
     w = rg.mixing_at(0)
     assert (w.in_degree == 2).all() and w.is_symmetric and w.matrix.values().numel() == 3 * n
+
+
+@pytest.mark.parametrize(
+    "name,params,reference",
+    [
+        ("complete", {}, lambda n: nx.complete_graph(n)),
+        ("ring", {}, lambda n: nx.cycle_graph(n)),
+        ("star", {}, lambda n: nx.star_graph(n - 1)),
+        ("torus", {"rows": 4}, lambda n: nx.convert_node_labels_to_integers(
+            nx.grid_2d_graph(4, n // 4, periodic=True), ordering="sorted")),
+        ("isolated", {}, lambda n: nx.empty_graph(n)),
+    ],
+)
+def test_deterministic_graphs_equal_networkx_own_generators(name, params, reference) -> None:
+    n = 24
+    ours = make_topology(name, n, **params).graph_at(0)
+    assert nx.is_isomorphic(ours, reference(n))
+    if name != "torus":  # same labelling too, not only the same shape
+        assert nx.utils.edges_equal(sorted(map(sorted, ours.edges())),
+                                    sorted(map(sorted, reference(n).edges())))

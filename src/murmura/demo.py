@@ -1,12 +1,13 @@
 """The embedded demo: FedAvg vs ring D-SGD vs ring D-SGD with one final merge, offline.
 
-Runs on Fashion-MNIST when its files are found (``$MURMURA_DATA``, the Debian package's folder,
-or ``../shared/datasets/fashion-mnist`` next to a source checkout), else on sklearn's digits.
+Runs on Fashion-MNIST when its files are found offline (wherever the loader looks:
+``$MURMURA_DATA``, the Debian package's folder, the download cache; or
+``../shared/datasets/fashion-mnist`` next to a source checkout), else on sklearn's digits. It
+never downloads.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,19 @@ ARMS: list[tuple[str, str, str | None]] = [
 ]
 
 
-def _fashion_mnist_root() -> str | None:
-    candidates = [os.environ.get("MURMURA_DATA")]
+def _fashion_mnist(seed: int, nodes: int) -> Any:
+    """Fashion-MNIST split over ``nodes`` when its files are found offline, else None."""
+    from murmura.data import federate
+    from murmura.data.datasets import DataNotFoundError
+
     here = Path(__file__).resolve()
-    candidates += [str(p / "shared" / "datasets" / "fashion-mnist") for p in here.parents[2:5]]
-    for c in candidates:
-        if c and (Path(c) / "train-images-idx3-ubyte.gz").exists():
-            return c
+    roots = [None] + [str(p / "shared" / "datasets" / "fashion-mnist") for p in here.parents[2:5]]
+    for root in roots:
+        try:
+            return federate("fashion_mnist", num_nodes=nodes, partition="dirichlet", alpha=0.1,
+                            seed=seed, root=root, dataset_params={"download": False})
+        except DataNotFoundError:
+            continue
     return None
 
 
@@ -40,8 +47,8 @@ def run_demo(
     from murmura.data import federate
 
     console = console or Console()
-    root = _fashion_mnist_root()
-    if root is not None:
+    data = _fashion_mnist(seed, nodes)
+    if data is not None:
         dataset, model, kwargs = "fashion_mnist", "mlp", {"hidden": [64]}
         rounds = rounds or 20
         algo = dict(lr=0.05, local_steps=10, batch_size=32)
@@ -49,8 +56,7 @@ def run_demo(
         dataset, model, kwargs = "digits", "mlp", {"hidden": [32]}
         rounds = rounds or 40
         algo = dict(lr=0.1, local_steps=5, batch_size=16)
-    data = federate(dataset, num_nodes=nodes, partition="dirichlet", alpha=0.1, seed=seed,
-                    root=root)
+        data = federate(dataset, num_nodes=nodes, partition="dirichlet", alpha=0.1, seed=seed)
     console.print(
         f"[bold]murmura demo[/]: {dataset}, {nodes} nodes, Dirichlet alpha=0.1, {model} "
         f"{kwargs['hidden']}, {rounds} rounds of {algo['local_steps']} local steps"
