@@ -5,10 +5,10 @@ floor, all measured in the same run (a benchmark, never a test).
     python benchmarks/engine.py --quick         # small sizes, a smoke run
     python benchmarks/engine.py --regime overhead --nodes 10000 --json out.json
 
-Each implementation runs in its own fresh process (same data split, model, algorithm, number of
-steps and batch sizes; the naive loop shuffles with its own torch generator), so one's allocator
-state cannot slow the other; the naive loop runs with murmura's allocator tuning off, as a plain
-PyTorch user would.
+Each implementation runs in its own fresh process (the naive loop in two, keeping the faster),
+with the same data split, model, algorithm, number of steps and batch sizes (the naive loop
+shuffles with its own torch generator), so one's allocator state cannot slow the other; the naive
+loop runs with murmura's allocator tuning off, as a plain PyTorch user would.
 
 **Floor.** The round's FLOPs at the machine's fp32 matmul rate (a 2048x2048 GEMM, measured now)
 plus its minimum memory traffic at the machine's copy bandwidth (measured now). The minimum
@@ -198,7 +198,7 @@ class NaiveLoop:
 
 def naive_worker(case: dict, nodes: int, root: str | None, repeat: int) -> dict:
     naive = NaiveLoop(build(case, nodes, root))
-    return dict(naive_s=timed(naive.round, max(1, repeat // 2)))
+    return dict(naive_s=timed(naive.round, max(1, repeat - 2)))
 
 
 def in_subprocess(kind: str, case_name: str, nodes: int, root: str | None, repeat: int,
@@ -222,7 +222,11 @@ def run_case(case_name: str, nodes: int, root: str | None, repeat: int, rate: fl
     result = dict(case=case_name, label=case["label"], nodes=nodes)
     result.update(in_subprocess("engine", case_name, nodes, root, repeat, tune_malloc=True))
     if naive:
-        result.update(in_subprocess("naive", case_name, nodes, root, repeat, tune_malloc=False))
+        # The naive loop's time is bimodal on this machine (0.9 s or 1.7 s for the same work in
+        # fresh processes): take the better of two processes, the conservative choice for us.
+        runs = [in_subprocess("naive", case_name, nodes, root, repeat, tune_malloc=False)
+                for _ in range(2)]
+        result["naive_s"] = min(r["naive_s"] for r in runs)
     samples = 60000 if case["algorithm_kwargs"].get("local_epochs") else (
         nodes * case["algorithm_kwargs"]["batch_size"] * case["algorithm_kwargs"]["local_steps"])
     state = nodes * result["dim"] * 4

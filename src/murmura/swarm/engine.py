@@ -279,7 +279,7 @@ class Simulation:
             return max(64 << 20, min(4 << 30, free // 8))
         # With the default allocator, blocks stay under glibc's 32 MB mmap ceiling so freed
         # buffers are reused instead of re-mapped (and zeroed) every step.
-        return (256 << 20) if self._large_blocks else (32 << 20)
+        return (512 << 20) if self._large_blocks else (32 << 20)
 
     def _auto_chunk_size(self) -> int:
         feature = math.prod(self.data.dataset.feature_shape)
