@@ -229,6 +229,7 @@ def test_run_keeps_the_total_it_started_with():
     (dict(algorithm="fedavg", algorithm_kwargs=dict(batch_size=0)), "batch_size"),
     (dict(algorithm="fedavg", model="nope"), "unknown model"),
     (dict(algorithm="dsgd", topology="nope"), "unknown topology 'nope'"),
+    (dict(algorithm="fedavg", topology="ring"), "would be ignored"),
     (dict(algorithm="fedavg", chunk_size=0), "chunk_size"),
     (dict(algorithm="fedavg", chunk_size=-3), "chunk_size"),
     (dict(algorithm="fedavg", model="mlp", model_kwargs=dict(hidden=[0])), "hidden"),

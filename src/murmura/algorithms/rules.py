@@ -93,7 +93,10 @@ class SGD:
 
 @dataclass(frozen=True)
 class Gossip:
-    """``x_i <- sum_j W[i, j] x_j`` on the round's topology (D-SGD / D-PSGD's gossip step)."""
+    """``x_i <- sum_j W[i, j] x_j`` on the round's topology (D-SGD / D-PSGD's gossip step).
+
+    Every node gossips: participation decides who trains, not who mixes (sampled gossip with
+    renormalized weights belongs to rules such as MoDeST's)."""
 
     needs_topology: bool = True
 

@@ -188,6 +188,11 @@ class Simulation:
     # ---------------------------------------------------------------- setup
 
     def _make_topology(self, topology: Any, kwargs: dict[str, Any] | None) -> Any:
+        if topology is not None and not self.algorithm.needs_topology:
+            raise ValueError(
+                f"algorithm {self.algorithm.name!r} does not communicate over a graph (a server "
+                "or nothing), so a topology would be ignored: leave topology out"
+            )
         if topology is None:
             if self.algorithm.needs_topology:
                 raise ValueError(
