@@ -417,3 +417,19 @@ def test_summary_reports_the_spectral_gap():
     assert summary["spectral_gap"] == pytest.approx(1 - (1 + 2 * math.cos(2 * math.pi / 8)) / 3)
     assert summary["num_nodes"] == 8 and summary["message_bytes"] == 4 * sim.spec.dim
     assert Simulation(digits(nodes=8), "logreg", "fedavg").summary()["spectral_gap"] is None
+
+
+@pytest.mark.parametrize("name", ["one_peer_exponential", "random_matching"])
+def test_time_varying_gossip_keeps_the_average_and_counts_one_peer(name):
+    sim = Simulation(digits(nodes=8), "logreg", "dsgd", name, same_init=False,
+                     algorithm_kwargs=dict(lr=0.1, local_steps=1), evaluation=NO_EVAL)
+    for round_index in range(3):
+        sim.round = round_index
+        before = sim.params.mean(0)
+        plan = sim.algorithm.communication.plan(sim.context(3), None, sim.topology,
+                                                sim.data.sizes)
+        sim.communicate(plan)
+        torch.testing.assert_close(sim.params.mean(0), before, atol=1e-6, rtol=1e-5)
+    # each node sends its model to at most one peer per round
+    assert float(sim.bytes_sent.max()) <= 3 * 4 * sim.spec.dim
+    assert float(sim.bytes_sent.sum()) == float(sim.bytes_received.sum()) > 0
