@@ -64,14 +64,20 @@ def test_vmapped_local_epoch_equals_per_node_loop(momentum, weight_decay, chunk_
     torch.testing.assert_close(sim.params, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_results_do_not_depend_on_chunking():
+def final_params_by_block_size(chunks, rounds, *args, **kwargs):
+    """The final state of the same simulation run with each block size."""
     finals = []
-    for chunk in (1, 5, None):
-        sim = Simulation(digits(nodes=10), "logreg", "dsgd", "ring",
-                         algorithm_kwargs=dict(lr=0.1, local_steps=3, batch_size=8),
-                         evaluation=NO_EVAL, chunk_size=chunk)
-        sim.run(3)
+    for chunk in chunks:
+        sim = Simulation(*args, **kwargs, evaluation=NO_EVAL, chunk_size=chunk)
+        sim.run(rounds)
         finals.append(sim.params)
+    return finals
+
+
+def test_results_do_not_depend_on_chunking():
+    finals = final_params_by_block_size(
+        (1, 5, None), 3, digits(nodes=10), "logreg", "dsgd", "ring",
+        algorithm_kwargs=dict(lr=0.1, local_steps=3, batch_size=8))
     torch.testing.assert_close(finals[0], finals[1], atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(finals[0], finals[2], atol=1e-6, rtol=1e-6)
 
@@ -396,15 +402,10 @@ def test_user_registered_dataset_partition_model_and_topology_work_by_name():
 
 
 def test_fedavg_epochs_over_unequal_partitions_match_across_block_sizes():
-    data = digits(nodes=9, alpha=0.2)
-    runs = []
-    for chunk in (2, 4, None):
-        sim = Simulation(data, "mlp", "fedavg", model_kwargs={"hidden": [8]},
-                         algorithm_kwargs=dict(lr=0.05, local_epochs=1.0, batch_size=16,
-                                               fraction=0.7),
-                         evaluation=NO_EVAL, chunk_size=chunk)
-        sim.run(2)
-        runs.append(sim.params)
+    runs = final_params_by_block_size(
+        (2, 4, None), 2, digits(nodes=9, alpha=0.2), "mlp", "fedavg",
+        model_kwargs={"hidden": [8]},
+        algorithm_kwargs=dict(lr=0.05, local_epochs=1.0, batch_size=16, fraction=0.7))
     torch.testing.assert_close(runs[0], runs[1], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(runs[0], runs[2], atol=1e-6, rtol=1e-5)
 

@@ -337,6 +337,31 @@ class Simulation:
             ids = ids[torch.argsort(sizes, descending=True, stable=True)]
         return ids, participants is None and not uneven
 
+    def _step_shapes(
+        self, plan: Any, num_steps: int, block: int
+    ) -> tuple[list[int], list[int], list[bool]]:
+        """For each step of a block: how many nodes still train, how many batch columns the
+        fullest of them needs, and whether some of them need fewer (masked samples).
+
+        Nodes are sorted by their number of steps, so the nodes still training at a step are a
+        prefix of the block: a step computes exactly those. Valid samples come first in every
+        batch, so a step computes only the columns its fullest node needs, and masks nothing
+        when every node has that many."""
+        if plan.active is None:
+            alive = [block] * num_steps
+        else:
+            steps_of = plan.active.sum(dim=1)
+            still = steps_of.unsqueeze(1) > torch.arange(num_steps, device=steps_of.device)
+            alive = still.sum(dim=0).tolist()
+        width = [self.sampler.batch_size] * num_steps
+        masked = [False] * num_steps
+        if plan.weight is not None:
+            counts = plan.weight.sum(dim=2)
+            width = counts.max(dim=0).values.to(torch.int64).tolist()
+            low = torch.where(counts > 0, counts, float("inf")).min(dim=0).values
+            masked = (low < counts.max(dim=0).values).tolist()
+        return alive, width, masked
+
     def train(self, participants: torch.Tensor | None, round_index: int) -> None:
         """Local update: every participant takes its local steps, block by block, in place."""
         rule = self.algorithm.local_rule
@@ -355,27 +380,11 @@ class Simulation:
             # per element, costly per call).
             num_steps = self.sampler.num_steps(nodes)
             plan = self.sampler.batches(nodes, round_index, 0, num_steps)
-            steps_of = None if plan.active is None else plan.active.sum(dim=1)
             index_all = plan.index
             weight_all = plan.weight
             X = self.params[where]
             state = {k: v[where] for k, v in self.local_state.items()}
-            # Nodes are sorted by their number of steps, so the nodes still training at a step
-            # are a prefix of the block: a step computes exactly those, nothing masked.
-            if steps_of is None:
-                alive = [stop - start] * num_steps
-            else:
-                still = steps_of.unsqueeze(1) > torch.arange(num_steps, device=X.device)
-                alive = still.sum(dim=0).tolist()
-            # Valid samples come first in every batch: a step computes only as many columns as
-            # its fullest node needs, and masks nothing when every node has that many.
-            width = [self.sampler.batch_size] * num_steps
-            masked = [False] * num_steps
-            if weight_all is not None:
-                counts = weight_all[:, :num_steps].sum(dim=2)
-                width = counts.max(dim=0).values.to(torch.int64).tolist()
-                low = torch.where(counts > 0, counts, float("inf")).min(dim=0).values
-                masked = (low < counts.max(dim=0).values).tolist()
+            alive, width, masked = self._step_shapes(plan, num_steps, stop - start)
             views_for: dict[int, tuple[dict, dict]] = {}
             for step in range(num_steps):
                 m = alive[step]
