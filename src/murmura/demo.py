@@ -3,71 +3,109 @@
 Runs on Fashion-MNIST when its files are found offline (wherever the loader looks:
 ``$MURMURA_DATA``, the Debian package's folder, the download cache; or
 ``../shared/datasets/fashion-mnist`` next to a source checkout), else on sklearn's digits. It
-never downloads.
+never downloads. Each arm is an ordinary experiment written into its own run directory, and a
+comparison report ties them together.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from murmura.swarm import Evaluation, Simulation
+from murmura.config import Experiment
 
-ARMS: list[tuple[str, str, str | None]] = [
-    ("FedAvg", "fedavg", None),
-    ("ring D-SGD", "dsgd", "ring"),
-    ("ring D-SGD + final merge", "dsgd_final_merge", "ring"),
+ARMS: list[tuple[str, str, str, dict[str, Any]]] = [
+    ("FedAvg", "fedavg", "", {}),
+    ("ring D-SGD", "ring-dsgd", "ring", {}),
+    ("ring D-SGD + final merge", "ring-dsgd-merge", "ring", {"final_merge": True}),
 ]
 
 
-def _fashion_mnist(seed: int, nodes: int) -> Any:
-    """Fashion-MNIST split over ``nodes`` when its files are found offline, else None."""
-    from murmura.data import federate
+def fashion_mnist_root() -> str | None | bool:
+    """Where Fashion-MNIST's files are found offline: None (the loader's own places), a folder,
+    or False when nowhere."""
+    from murmura.data import load_dataset
     from murmura.data.datasets import DataNotFoundError
 
     here = Path(__file__).resolve()
-    roots = [None] + [str(p / "shared" / "datasets" / "fashion-mnist") for p in here.parents[2:5]]
+    roots: list[str | None] = [None]
+    roots += [str(p / "shared" / "datasets" / "fashion-mnist") for p in here.parents[2:5]]
     for root in roots:
         try:
-            return federate("fashion_mnist", num_nodes=nodes, partition="dirichlet", alpha=0.1,
-                            seed=seed, root=root, dataset_params={"download": False})
+            load_dataset("fashion_mnist", root=root, download=False)
+            return root
         except DataNotFoundError:
             continue
-    return None
+    return False
+
+
+def demo_experiments(rounds: int | None = None, nodes: int = 32, seed: int = 0
+                     ) -> list[tuple[str, Experiment]]:
+    """The demo's three arms as experiments (what `murmura demo` runs)."""
+    root = fashion_mnist_root()
+    if root is not False:
+        data = {"dataset": {"name": "fashion_mnist", "download": False}, "root": root}
+        model = {"name": "mlp", "hidden": [64]}
+        rounds = rounds or 20
+        algo = {"lr": 0.05, "local_steps": 10, "batch_size": 32}
+    else:
+        data = {"dataset": "digits"}
+        model = {"name": "mlp", "hidden": [32]}
+        rounds = rounds or 40
+        algo = {"lr": 0.1, "local_steps": 5, "batch_size": 16}
+    experiments = []
+    for label, slug, topology, extra in ARMS:
+        values: dict[str, Any] = {
+            "name": f"demo {label}",
+            "description": "murmura demo: does one global merge close D-SGD's gap to FedAvg?",
+            "seed": seed,
+            "rounds": rounds,
+            "data": {**data, "nodes": nodes, "partition": {"name": "dirichlet", "alpha": 0.1}},
+            "model": model,
+            "algorithm": {"name": "fedavg" if not topology else "dsgd", **algo, **extra},
+            "evaluation": {"every": max(1, rounds // 10)},
+            "output": {"checkpoint_every": 0},
+        }
+        if topology:
+            values["topology"] = {"name": topology}
+        experiments.append((slug, Experiment.from_dict(values)))
+    return experiments
 
 
 def run_demo(
-    rounds: int | None = None, nodes: int = 32, seed: int = 0, console: Console | None = None
+    rounds: int | None = None,
+    nodes: int = 32,
+    seed: int = 0,
+    console: Console | None = None,
+    out: str | Path = "runs/demo",
 ) -> list[dict[str, Any]]:
-    """Run the three arms and print a table; returns one summary dict per arm."""
-    from murmura.data import federate
+    """Run the three arms into ``out/<arm>``, print a table, write ``out/comparison.html``;
+    returns one summary dict per arm."""
+    from murmura.runner import run_experiment
 
     console = console or Console()
-    data = _fashion_mnist(seed, nodes)
-    if data is not None:
-        dataset, model, kwargs = "fashion_mnist", "mlp", {"hidden": [64]}
-        rounds = rounds or 20
-        algo = dict(lr=0.05, local_steps=10, batch_size=32)
-    else:
-        dataset, model, kwargs = "digits", "mlp", {"hidden": [32]}
-        rounds = rounds or 40
-        algo = dict(lr=0.1, local_steps=5, batch_size=16)
-        data = federate(dataset, num_nodes=nodes, partition="dirichlet", alpha=0.1, seed=seed)
+    out = Path(out)
+    experiments = demo_experiments(rounds, nodes, seed)
+    first = experiments[0][1]
     console.print(
-        f"[bold]murmura demo[/]: {dataset}, {nodes} nodes, Dirichlet alpha=0.1, {model} "
-        f"{kwargs['hidden']}, {rounds} rounds of {algo['local_steps']} local steps"
+        f"[bold]murmura demo[/]: {first.data.dataset.name}, {nodes} nodes, Dirichlet alpha=0.1, "
+        f"mlp {first.model.params['hidden']}, {first.rounds} rounds of "
+        f"{first.algorithm.params['local_steps']} local steps"
     )
-    results = []
-    for label, algorithm, topology in ARMS:
-        start = time.perf_counter()
-        sim = Simulation(data, model, algorithm, topology, seed=seed, model_kwargs=kwargs,
-                         algorithm_kwargs=algo, evaluation=Evaluation(every=rounds))
-        final = sim.run(rounds).final
-        results.append(dict(arm=label, seconds=time.perf_counter() - start, **final))
+    results, run_dirs = [], []
+    for (slug, exp), (label, *_rest) in zip(experiments, ARMS):
+        target = out / slug
+        if target.exists():
+            import shutil
+
+            shutil.rmtree(target)  # the demo's own folders: rerunning it replaces them
+        result = run_experiment(exp, target, console=console)
+        run_dirs.append(result.run_dir)
+        results.append(dict(arm=label, seconds=result.summary["seconds"],
+                            run_dir=str(result.run_dir), **result.final))
     table = Table(title="final round")
     for column in ("algorithm", "avg-model acc", "mean node acc", "MB sent / node", "seconds"):
         table.add_column(column, justify="left" if column == "algorithm" else "right")
@@ -80,4 +118,11 @@ def run_demo(
             f"{r['seconds']:.1f}",
         )
     console.print(table)
+    try:
+        from murmura.report import build_comparison_report
+
+        report = build_comparison_report(run_dirs, out)
+        console.print(f"report: {report}")
+    except ImportError:  # pragma: no cover
+        pass
     return results

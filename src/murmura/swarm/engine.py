@@ -514,6 +514,51 @@ class Simulation:
         self._check_finite()
         return self.history
 
+    # ---------------------------------------------------------------- checkpoints
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Everything a later round depends on: tensors (the state, the local rule's state, the
+        byte ledgers) and plain values (round counters, the history). Randomness needs no
+        saving: every draw is a function of (seed, node, round, step)."""
+        tensors = {"params": self.params, "bytes_sent": self.bytes_sent,
+                   "bytes_received": self.bytes_received}
+        tensors.update({f"local_state.{k}": v for k, v in self.local_state.items()})
+        values = {
+            "round": self.round,
+            "total_rounds": self.total_rounds,
+            "server_bytes_sent": self.server_bytes_sent,
+            "wall_seconds": self._wall,
+            "history": list(self.history.records),
+        }
+        return tensors, values
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], values: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` taken from a simulation built with the same settings."""
+        expected = {"params", "bytes_sent", "bytes_received"}
+        expected |= {f"local_state.{k}" for k in self.local_state}
+        if set(tensors) != expected:
+            raise ValueError(
+                f"the checkpoint holds {sorted(tensors)} but this simulation needs "
+                f"{sorted(expected)}: it was saved by a different algorithm"
+            )
+        if tuple(tensors["params"].shape) != tuple(self.params.shape):
+            raise ValueError(
+                f"the checkpoint's state is {tuple(tensors['params'].shape)} (nodes x parameters) "
+                f"but this simulation's is {tuple(self.params.shape)}: different nodes or model"
+            )
+        with torch.no_grad():
+            self.params.copy_(tensors["params"])
+            self.bytes_sent.copy_(tensors["bytes_sent"])
+            self.bytes_received.copy_(tensors["bytes_received"])
+            for k, v in self.local_state.items():
+                v.copy_(tensors[f"local_state.{k}"])
+        self.round = int(values["round"])
+        total = values.get("total_rounds")
+        self.total_rounds = None if total is None else int(total)
+        self.server_bytes_sent = float(values.get("server_bytes_sent", 0.0))
+        self._wall = float(values.get("wall_seconds", 0.0))
+        self.history = History(values.get("history", []))
+
     # ---------------------------------------------------------------- measurement
 
     def _should_evaluate(self, total_rounds: int) -> bool:
@@ -584,6 +629,10 @@ class Simulation:
                 node_accuracy_max=float(node_acc.max()),
             )
         return result
+
+    def check_finite(self) -> None:
+        """Raise NonFiniteError naming the nodes whose parameters are NaN or Inf."""
+        self._check_finite()
 
     def _check_finite(self, last_round: int | None = None) -> None:
         # Checked on evaluation rounds and at the end of a run, not every round: it reads the

@@ -1,0 +1,299 @@
+"""The ``murmura`` command: run, sweep, demo, list, compare, report."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="murmura",
+    help="Decentralized and federated learning experiments: one TOML file, one command.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+KINDS = {
+    "algorithms": "ALGORITHMS",
+    "topologies": "TOPOLOGIES",
+    "datasets": "DATASETS",
+    "partitions": "PARTITIONERS",
+    "models": "MODELS",
+    "weights": "MIXING",
+}
+
+
+class UserError(Exception):
+    """Bad input: printed as one clear message, exit status 2."""
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _guard(fn: Any) -> Any:
+    """Turn the errors bad input can cause into a message and exit status 2, no traceback."""
+    import functools
+
+    from murmura.config import ConfigError
+    from murmura.data.datasets import DataNotFoundError
+    from murmura.registry import RegistryError
+    from murmura.runner import RunError
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, RunError, DataNotFoundError, RegistryError, UserError) as error:
+            _fail(str(error))
+        except FileNotFoundError as error:
+            _fail(str(error))
+
+    return wrapper
+
+
+def _load(config: Path, overrides: list[str] | None) -> Any:
+    from murmura.config import Experiment
+
+    return Experiment.from_toml(config, overrides or [])
+
+
+@app.command()
+@_guard
+def run(
+    config: Annotated[Path | None, typer.Argument(help="experiment TOML file")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="override a key: --set algorithm.lr=0.1 (repeatable; values are TOML)")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="the run directory (default: a new folder under output.dir)")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        help="continue the run in this directory from its last checkpoint")] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress display")] = False,
+) -> None:
+    """Run one experiment into a run directory, with a live progress display.
+
+    Ctrl-C stops after the current round and keeps everything (resume with --resume).
+    """
+    from murmura.runner import RunDirectory, run_experiment
+
+    if resume is not None:
+        if config is not None or set_ or out is not None:
+            raise UserError("--resume continues a run as it was configured: pass only the run "
+                            "directory (no CONFIG, --set or --out)")
+        experiment = RunDirectory.open(resume).experiment()
+        result = run_experiment(experiment, resume, resume=True, progress=not quiet,
+                                console=err_console, command=sys.argv)
+    else:
+        if config is None:
+            raise UserError("give an experiment file (murmura run CONFIG.toml; examples/ has "
+                            "some) or --resume RUN_DIR")
+        experiment = _load(config, set_)
+        result = run_experiment(experiment, out, progress=not quiet, console=err_console,
+                                command=sys.argv)
+    _print_final(result)
+    if result.status == "failed":
+        raise typer.Exit(1)
+    if result.status == "interrupted":
+        raise typer.Exit(130)
+
+
+def _print_final(result: Any) -> None:
+    final = result.final
+    table = Table(title=f"{result.status}: {result.summary.get('rounds_done', 0)} rounds",
+                  show_header=False)
+
+    def pct(key: str) -> str:
+        value = final.get(key)
+        return f"{100 * value:.2f}%" if isinstance(value, (int, float)) else "-"
+
+    table.add_row("accuracy of the average model", pct("test_accuracy"))
+    table.add_row("mean node accuracy", pct("node_accuracy_mean"))
+    mb = final.get("bytes_sent_per_node_mean")
+    table.add_row("MB sent per node", "-" if mb is None else f"{mb / 1e6:.2f}")
+    table.add_row("seconds", f"{result.summary.get('seconds', 0.0):.1f}")
+    table.add_row("run directory", str(result.run_dir))
+    out_console.print(table)
+
+
+@app.command()
+@_guard
+def sweep(
+    config: Annotated[Path, typer.Argument(help="experiment TOML file")],
+    grid: Annotated[list[str] | None, typer.Option(
+        help="a setting to vary: --grid algorithm.lr=0.01,0.1 (repeatable; the product runs)")
+    ] = None,
+    seeds: Annotated[str | None, typer.Option(
+        help="seeds to repeat each setting with: --seeds 0,1,2 (default: the config's)")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="override a key for every run")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="folder for the sweep (default: <output.dir>/<name>-sweep)")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="runs in parallel processes")] = 1,
+) -> None:
+    """Run the product of settings x seeds, each in its own run directory, and summarize."""
+    from murmura.runner.sweep import parse_grid, parse_seeds, run_sweep
+
+    experiment = _load(config, set_)
+    parsed_grid = parse_grid(grid or [])
+    seed_list = parse_seeds(seeds) if seeds else [experiment.seed]
+    target = out or Path(experiment.output.dir) / f"{experiment.name}-sweep"
+    runs = run_sweep(experiment, parsed_grid, seed_list, target, workers=workers,
+                     console=err_console)
+    out_console.print(f"sweep written to {target} (sweep.csv, sweep_summary.json)")
+    try:
+        from murmura.report import build_comparison_report
+
+        done = [r.run_dir for r in runs if r.status != "failed"]
+        if done:
+            out_console.print(f"report: {build_comparison_report(done, target)}")
+    except ImportError:  # pragma: no cover
+        pass
+    if any(r.status == "failed" for r in runs):
+        raise typer.Exit(1)
+
+
+@app.command()
+@_guard
+def demo(
+    out: Annotated[Path, typer.Option(help="folder for the demo's runs and report")] = Path(
+        "runs/demo"),
+    rounds: Annotated[int | None, typer.Option(min=1, help="rounds per arm")] = None,
+    nodes: Annotated[int, typer.Option(min=2, help="number of nodes")] = 32,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+) -> None:
+    """The embedded comparison, offline: FedAvg vs ring D-SGD vs ring D-SGD + final merge."""
+    from murmura.demo import run_demo
+
+    run_demo(rounds=rounds, nodes=nodes, seed=seed, console=out_console, out=out)
+
+
+def _signature_text(obj: Any, supplied: tuple[str, ...]) -> str:
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return ""
+    parts = []
+    for p in signature.parameters.values():
+        if p.name in supplied or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        parts.append(p.name if p.default is p.empty else f"{p.name}={p.default!r}")
+    return ", ".join(parts)
+
+
+SUPPLIED = {
+    "algorithms": (),
+    "topologies": ("n", "seed"),
+    "datasets": ("root", "num_nodes", "seed"),
+    "partitions": ("labels", "num_nodes", "seed"),
+    "models": ("input_shape", "num_classes"),
+    "weights": ("graph", "src", "dst", "n", "degree"),
+}
+
+
+def registry_of(kind: str) -> Any:
+    import murmura
+    from murmura.topology import MIXING
+
+    return MIXING if kind == "weights" else getattr(murmura, KINDS[kind])
+
+
+@app.command("list")
+@_guard
+def list_(
+    kind: Annotated[str | None, typer.Argument(
+        help="algorithms, topologies, datasets, partitions, models or weights (default: all)")
+    ] = None,
+) -> None:
+    """What can be named in a config, with one-line descriptions and parameters."""
+    if kind is not None and kind not in KINDS:
+        import difflib
+
+        close = difflib.get_close_matches(kind, list(KINDS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"unknown kind {kind!r}{hint}; choose one of: {', '.join(KINDS)}")
+    for name in [kind] if kind else list(KINDS):
+        registry = registry_of(name)
+        table = Table(title=name, title_justify="left")
+        table.add_column("name", style="bold")
+        table.add_column("description")
+        table.add_column("parameters (defaults)")
+        for entry, description in registry.describe().items():
+            params = "" if name == "weights" else _signature_text(
+                registry.get(entry), SUPPLIED[name])
+            table.add_row(entry, description, params)
+        if name == "partitions":
+            table.add_row("natural", "the dataset's own per-node split (synthetic)", "")
+        out_console.print(table)
+
+
+@app.command()
+@_guard
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run directories to compare")],
+    out: Annotated[Path, typer.Option(help="folder for the plots and comparison.html")] = Path(
+        "comparison"),
+) -> None:
+    """A table of the runs' final metrics and overlaid plots (accuracy vs round and vs MB)."""
+    from murmura.report import ReportError, build_comparison_report, compare_runs
+
+    try:
+        rows, plots = compare_runs(run_dirs, out)
+        report = build_comparison_report(run_dirs, out)
+    except ReportError as error:
+        raise UserError(str(error)) from None
+    table = Table(title="comparison")
+    columns = list(rows[0]) if rows else []
+    for column in columns:
+        table.add_column(column.replace("_", " "), justify="left" if column == "name" else "right")
+    for row in rows:
+        table.add_row(*(_cell(row[c], c) for c in columns))
+    out_console.print(table)
+    for path in plots:
+        out_console.print(f"plot: {path}")
+    out_console.print(f"report: {report}")
+
+
+def _cell(value: Any, column: str) -> str:
+    if isinstance(value, float):
+        if "accuracy" in column:
+            return f"{100 * value:.2f}%"
+        return f"{value:.2f}"
+    return "-" if value is None else str(value)
+
+
+@app.command()
+@_guard
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory")],
+) -> None:
+    """(Re)build a run's plots and its self-contained report.html."""
+    from murmura.report import ReportError, build_report
+
+    try:
+        path = build_report(run_dir)
+    except ReportError as error:
+        raise UserError(str(error)) from None
+    out_console.print(f"report: {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script and of ``python -m murmura``; returns the exit code."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="murmura", standalone_mode=True)
+    except SystemExit as exit_:
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    return 0

@@ -1,0 +1,621 @@
+"""An experiment as one typed object: the TOML file and the Python API are the same thing.
+
+Every section is a pydantic model that refuses unknown keys. Named components (dataset,
+partition, model, topology, algorithm) are a ``name`` plus that component's own parameters,
+checked against the registered function's signature, so a user's registered algorithm gets the
+same validation as a built-in one.
+
+>>> exp = Experiment.from_dict({
+...     "name": "ring", "rounds": 3,
+...     "data": {"dataset": "digits", "nodes": 8, "partition": {"name": "dirichlet", "alpha": 0.5}},
+...     "model": {"name": "mlp", "hidden": [16]},
+...     "topology": {"name": "ring"},
+...     "algorithm": {"name": "dsgd", "lr": 0.1, "local_steps": 2},
+... })
+>>> exp.algorithm.params
+{'lr': 0.1, 'local_steps': 2}
+>>> Experiment.from_toml_text(exp.to_toml()) == exp
+True
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import sys
+import typing
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+import tomli_w
+
+from murmura.config.errors import ConfigError, describe_validation_error
+from murmura.registry import Registry, RegistryError
+
+LOGGERS = ("tensorboard", "wandb", "mlflow")
+
+
+class Section(BaseModel):
+    """A fixed set of keys; anything else is a mistake the user should hear about."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Component(BaseModel):
+    """A registered name and the parameters of the function registered under it.
+
+    Subclasses say which registry to look in and which arguments murmura itself supplies (the
+    number of nodes, the seed, ...), which a config may therefore not set."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: ClassVar[str] = "component"
+    supplied: ClassVar[tuple[str, ...]] = ()
+
+    name: str
+
+    @classmethod
+    def registry(cls) -> Registry:
+        raise NotImplementedError
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        # `partition = "iid"` is short for `partition = { name = "iid" }`
+        return {"name": value} if isinstance(value, str) else value
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _check_against_signature(self) -> Component:
+        registry = self.registry()
+        try:
+            factory = registry.get(self.name)
+        except RegistryError as error:
+            raise ValueError(str(error)) from None
+        self.name = _canonical_name(registry, self.name)
+        accepted, hints, takes_any = _signature(factory, self.supplied)
+        for key, value in self.params.items():
+            if key in self.supplied:
+                raise ValueError(
+                    f"{key!r} is set by murmura for every {self.kind}, not in the config"
+                    + _supplied_hint(key)
+                )
+            if key not in accepted and not takes_any:
+                raise ValueError(
+                    f"{self.kind} {self.name!r} has no parameter {key!r}"
+                    + _did_you_mean(key, accepted)
+                    + f"; its parameters: {', '.join(accepted) or '(none)'}"
+                )
+            hint = hints.get(key)
+            if hint is not None:
+                try:
+                    coerced = TypeAdapter(hint).validate_python(value)
+                except ValidationError:
+                    raise ValueError(
+                        f"{self.kind} {self.name!r}: {key} = {value!r} is not a valid "
+                        f"{_type_name(hint)}"
+                    ) from None
+                # stored as the factory will see it (lr = 1 becomes 1.0); TOML has no tuples
+                setattr(self, key, list(coerced) if isinstance(coerced, tuple) else coerced)
+        missing = [key for key in _required(factory, self.supplied) if key not in self.params]
+        if missing:
+            example = ", ".join(f"{key} = ..." for key in missing)
+            raise ValueError(
+                f"{self.kind} {self.name!r} needs {', '.join(repr(k) for k in missing)}: "
+                f"{{ name = \"{self.name}\", {example} }}"
+            )
+        return self
+
+
+def _canonical_name(registry: Registry, name: str) -> str:
+    for registered in registry.names():
+        if registered.lower() == name.lower():
+            return registered
+    return name
+
+
+def _supplied_hint(key: str) -> str:
+    return {
+        "num_nodes": " (set data.nodes)",
+        "n": " (set data.nodes)",
+        "seed": " (set the top-level seed)",
+        "root": " (set data.root)",
+    }.get(key, "")
+
+
+def _did_you_mean(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _signature(
+    factory: Any, supplied: tuple[str, ...]
+) -> tuple[list[str], dict[str, Any], bool]:
+    """Parameter names a config may set, their type hints where resolvable, and whether the
+    factory takes arbitrary keywords."""
+    signature = inspect.signature(factory)
+    globals_ = getattr(inspect.unwrap(factory), "__globals__", {})
+    names, hints, takes_any = [], {}, False
+    for parameter in signature.parameters.values():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            takes_any = True
+            continue
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL or parameter.name in supplied:
+            continue
+        names.append(parameter.name)
+        annotation = parameter.annotation
+        if isinstance(annotation, str):
+            try:
+                annotation = eval(annotation, {**vars(typing), **globals_})  # noqa: S307
+            except Exception:  # an annotation we cannot resolve is left to the factory
+                annotation = inspect.Parameter.empty
+        if annotation is not inspect.Parameter.empty:
+            try:
+                TypeAdapter(annotation)
+                hints[parameter.name] = annotation
+            except Exception:  # not a type pydantic can check (a callable, a module, ...)
+                pass
+    return names, hints, takes_any
+
+
+def _required(factory: Any, supplied: tuple[str, ...]) -> list[str]:
+    return [
+        p.name for p in inspect.signature(factory).parameters.values()
+        if p.default is inspect.Parameter.empty and p.name not in supplied
+        and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    ]
+
+
+def _type_name(hint: Any) -> str:
+    """``Sequence[int]`` -> "list of int", ``float | None`` -> "float or None"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " or ".join("None" if a is type(None) else _type_name(a) for a in args)
+    if origin is not None and args:
+        return f"list of {_type_name(args[0])}"
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+class DatasetChoice(Component):
+    """``dataset = "digits"`` or ``dataset = { name = "synthetic", heterogeneity = 0.5 }``."""
+
+    kind: ClassVar[str] = "dataset"
+    supplied: ClassVar[tuple[str, ...]] = ("root", "num_nodes", "seed")
+
+    @classmethod
+    def registry(cls) -> Registry:
+        from murmura.data import DATASETS
+
+        return DATASETS
+
+
+class PartitionChoice(Component):
+    """``partition = "iid"`` or ``partition = { name = "dirichlet", alpha = 0.1 }``; the
+    special name ``natural`` uses the dataset's own per-node split."""
+
+    kind: ClassVar[str] = "partition"
+    supplied: ClassVar[tuple[str, ...]] = ("labels", "num_nodes", "seed")
+
+    @classmethod
+    def registry(cls) -> Registry:
+        from murmura.data import PARTITIONERS
+
+        return _with_natural(PARTITIONERS)
+
+
+def _with_natural(partitioners: Registry) -> Registry:
+    if "natural" in partitioners:
+        return partitioners
+    extended = Registry("partition")
+    for name, description in partitioners.describe().items():
+        extended.add(name, partitioners.get(name), description)
+
+    def natural() -> None:
+        """the dataset's own per-node split (synthetic has one)"""
+
+    extended.add("natural", natural)
+    return extended
+
+
+class ModelChoice(Component):
+    """``[model]`` with ``name = "mlp"`` and the model's parameters (``hidden = [200]``)."""
+
+    kind: ClassVar[str] = "model"
+    supplied: ClassVar[tuple[str, ...]] = ("input_shape", "num_classes")
+
+    @classmethod
+    def registry(cls) -> Registry:
+        from murmura.models import MODELS
+
+        return MODELS
+
+
+class TopologyChoice(Component):
+    """``[topology]`` with ``name``, the graph's parameters, and ``weights`` (the mixing rule
+    for static graphs: metropolis, uniform, max_degree)."""
+
+    kind: ClassVar[str] = "topology"
+    supplied: ClassVar[tuple[str, ...]] = ("n", "seed")
+
+    weights: str | None = None
+
+    @classmethod
+    def registry(cls) -> Registry:
+        from murmura.topology import TOPOLOGIES
+
+        return TOPOLOGIES
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> TopologyChoice:
+        if self.weights is not None:
+            from murmura.topology import MIXING
+
+            try:
+                MIXING.get(self.weights)
+            except RegistryError as error:
+                raise ValueError(f"weights: {error}") from None
+        return self
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {k: v for k, v in (self.model_extra or {}).items()}
+
+
+class AlgorithmChoice(Component):
+    """``[algorithm]`` with ``name = "fedavg"`` and the algorithm's parameters (``lr``, ...)."""
+
+    kind: ClassVar[str] = "algorithm"
+
+    @classmethod
+    def registry(cls) -> Registry:
+        from murmura.algorithms import ALGORITHMS
+
+        return ALGORITHMS
+
+
+class DataConfig(Section):
+    """Which dataset, split how, over how many nodes."""
+
+    dataset: DatasetChoice = Field(
+        default_factory=lambda: DatasetChoice(name="digits"),
+        description="registered dataset name, or a table with name and its parameters",
+    )
+    nodes: int = Field(32, ge=1, description="number of nodes the training set is split over")
+    partition: PartitionChoice = Field(
+        default_factory=lambda: PartitionChoice(name="iid"),
+        description="how samples are split: a partitioner name, or a table with name and its "
+        "parameters (e.g. { name = 'dirichlet', alpha = 0.1 })",
+    )
+    root: str | None = Field(
+        None, description="folder holding the dataset's files (else the loader's default places)"
+    )
+
+
+class ScheduleConfig(Section):
+    """When nodes communicate. Each key is passed to the algorithm, which must accept it."""
+
+    communicate_every: int | None = Field(
+        None, ge=1, description="communicate every k rounds (local training in between)"
+    )
+    late_fraction: float | None = Field(
+        None, gt=0, le=1, description="communicate only during the last fraction of rounds"
+    )
+    final_merge: bool | None = Field(
+        None, description="replace the last round's communication by one exact global average"
+    )
+
+    def as_params(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class EvaluationConfig(Section):
+    """What is measured, and how often."""
+
+    every: int = Field(1, ge=0, description="evaluate every k rounds and on the last (0: off)")
+    node_samples: int = Field(
+        500, ge=0, description="test samples each node's own model is scored on (0: skip)"
+    )
+    test_batch_size: int = Field(4096, ge=1, description="batch size of the evaluation")
+
+
+class EngineConfig(Section):
+    """How the simulation is executed (never what it computes)."""
+
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, ...")
+    chunk_size: int | None = Field(
+        None, ge=1, description="nodes per vectorized block (default: sized by memory)"
+    )
+    same_init: bool = Field(True, description="every node starts from the same initial model")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
+
+
+class OutputConfig(Section):
+    """What a run writes into its run directory."""
+
+    dir: str = Field("runs", description="parent folder of run directories (murmura run --out "
+                     "sets the run directory itself)")
+    checkpoint_every: int = Field(
+        10, ge=0, description="save the swarm state every k rounds (0: only at the end)"
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="how many recent checkpoints to keep")
+    plots: bool = Field(True, description="draw plots/*.png at the end")
+    report: bool = Field(True, description="write the self-contained report.html at the end")
+    loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list,
+        description="extra loggers (each needs its extra: pip install 'murmura[tensorboard]')",
+    )
+
+
+class Experiment(Section):
+    """One experiment: everything a run needs, nothing else."""
+
+    name: str = Field("experiment", min_length=1, description="label of the run")
+    description: str = Field("", description="free text, shown in the report")
+    seed: int = Field(0, ge=0, description="the one seed every random draw is keyed by")
+    rounds: int = Field(20, ge=1, description="number of rounds")
+    imports: list[str] = Field(
+        default_factory=list,
+        description="Python modules imported first, so that the models, datasets, topologies "
+        "and algorithms they register can be named here",
+    )
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelChoice = Field(
+        default_factory=lambda: ModelChoice(name="mlp"),
+        description="the model every node trains: a name and its parameters",
+    )
+    topology: TopologyChoice | None = Field(
+        None, description="the communication graph (gossip algorithms only)"
+    )
+    algorithm: AlgorithmChoice = Field(
+        default_factory=lambda: AlgorithmChoice(name="fedavg"),
+        description="the learning algorithm: a name and its parameters (lr, local_steps, ...)",
+    )
+    schedule: ScheduleConfig | None = Field(
+        None, description="when nodes communicate (passed to the algorithm)"
+    )
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    provenance: dict[str, Any] | None = Field(
+        None, description="written by murmura into a run's config.toml (version, git commit); "
+        "ignored when read"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _import_plugins(cls, value: Any) -> Any:
+        # User modules register their components; import them before names are checked.
+        if isinstance(value, dict):
+            imports = value.get("imports") or []
+            if isinstance(imports, list):
+                for module in imports:
+                    if isinstance(module, str):
+                        try:
+                            importlib.import_module(module)
+                        except ImportError as error:
+                            raise ValueError(
+                                f"imports: cannot import {module!r} ({error}); is it installed "
+                                "or on PYTHONPATH?"
+                            ) from None
+        return value
+
+    # ------------------------------------------------------------------ io
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Experiment:
+        """Validate a nested dict (what a TOML file parses to); ConfigError lists every problem."""
+        if not isinstance(values, dict):
+            kind = type(values).__name__
+            raise ConfigError([f"an experiment must be a table of keys, got {kind}"])
+        imports = values.get("imports")
+        if imports is not None and (
+            not isinstance(imports, list) or not all(isinstance(m, str) for m in imports)
+        ):
+            raise ConfigError([f"imports: must be a list of module names, got {imports!r}"])
+        for module in imports or []:
+            try:
+                importlib.import_module(module)
+            except ImportError as error:
+                raise ConfigError([
+                    f"imports: cannot import {module!r} ({error}); is it installed or on "
+                    "PYTHONPATH?"
+                ]) from None
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            raise ConfigError(describe_validation_error(error, cls)) from None
+
+    @classmethod
+    def from_toml_text(cls, text: str, source: str = "<config>") -> Experiment:
+        try:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError([f"{source} is not valid TOML: {error}"]) from None
+        return cls.from_dict(values)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, overrides: list[str] | None = None) -> Experiment:
+        """Read a TOML file, apply ``key.sub=value`` overrides, validate."""
+        path = Path(path)
+        if not path.is_file():
+            hint = " (it is a folder: pass the config.toml inside it)" if path.is_dir() else ""
+            raise ConfigError([f"no config file at {path}{hint}"])
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError([f"{path} is not valid TOML: {error}"]) from None
+        except UnicodeDecodeError:
+            raise ConfigError([f"{path} is not a text file"]) from None
+        if overrides:
+            values = apply_overrides(values, overrides)
+        if "name" not in values:
+            values["name"] = path.stem
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The nested dict of this experiment, without unset optional sections."""
+        return _drop_none(self.model_dump(mode="json"))
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def with_overrides(self, overrides: list[str]) -> Experiment:
+        """A copy with ``key.sub=value`` settings applied (values parsed as TOML)."""
+        return Experiment.from_dict(apply_overrides(self.to_dict(), overrides))
+
+    # ------------------------------------------------------------------ meaning
+
+    def algorithm_params(self) -> dict[str, Any]:
+        params = self.algorithm.params
+        if self.schedule is not None:
+            params.update(self.schedule.as_params())
+        return params
+
+    def check(self) -> Experiment:
+        """Build what is cheap to build (the algorithm, the graph) so impossible combinations
+        fail now with a ConfigError, not after the data has loaded."""
+        from murmura.algorithms import make_algorithm
+
+        problems: list[str] = []
+        algorithm = None
+        if self.schedule is not None:
+            accepted, _, _ = _signature(self.algorithm.registry().get(self.algorithm.name), ())
+            for key in self.schedule.as_params():
+                if key not in accepted:
+                    problems.append(
+                        f"schedule.{key}: algorithm {self.algorithm.name!r} has no schedule "
+                        f"parameter {key!r}; its parameters: {', '.join(accepted)}"
+                    )
+                elif key in self.algorithm.params:
+                    problems.append(
+                        f"schedule.{key}: also set as algorithm.{key}; set it in one place"
+                    )
+        if not problems:
+            try:
+                algorithm = make_algorithm(self.algorithm.name, **self.algorithm_params())
+            except (ValueError, TypeError) as error:
+                problems.append(f"algorithm: {error}")
+        if algorithm is not None:
+            how_many = getattr(algorithm.participation, "how_many", None)
+            if how_many is not None:
+                try:
+                    how_many(self.data.nodes)
+                except ValueError as error:
+                    problems.append(f"algorithm: {error}")
+            if algorithm.needs_topology and self.topology is None:
+                problems.append(
+                    f"topology: algorithm {self.algorithm.name!r} gossips over a graph; add a "
+                    "[topology] table, e.g. name = \"ring\" (murmura list topologies)"
+                )
+            if not algorithm.needs_topology and self.topology is not None:
+                problems.append(
+                    f"topology: algorithm {self.algorithm.name!r} does not communicate over a "
+                    "graph (a server, or nothing), so [topology] would be ignored; remove it"
+                )
+        if self.topology is not None and not problems:
+            try:
+                self.build_topology(
+                    require_connected=bool(algorithm is not None and algorithm.needs_connected)
+                )
+            except (ValueError, TypeError) as error:
+                problems.append(f"topology: {error}")
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+    def build_topology(self, require_connected: bool = False) -> Any:
+        from murmura.topology import make_topology
+
+        assert self.topology is not None
+        return make_topology(
+            self.topology.name,
+            self.data.nodes,
+            seed=self.seed,
+            weights=self.topology.weights,
+            require_connected=require_connected,
+            **self.topology.params,
+        )
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: TOML syntax when it parses (1, 0.5, true, [1, 2], "x"), else the
+    bare string (so ``data.dataset=digits`` needs no quotes)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set ``key.sub=value`` paths in a nested dict (a copy)."""
+    import copy
+
+    result = copy.deepcopy(values)
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            problems.append(
+                f"--set {item!r}: expected key.sub=value, e.g. algorithm.lr=0.1 or "
+                "data.partition.alpha=0.5"
+            )
+            continue
+        parts = key.split(".")
+        node = result
+        for depth, part in enumerate(parts[:-1]):  # noqa: B007 (depth names the bad prefix)
+            child = node.get(part)
+            if isinstance(child, str):
+                child = {"name": child}  # a component given as a bare name
+            if child is None:
+                child = {}
+            if not isinstance(child, dict):
+                problems.append(
+                    f"--set {item!r}: {'.'.join(parts[: depth + 1])} is a value, not a table"
+                )
+                break
+            node[part] = child
+            node = child
+        else:
+            node[parts[-1]] = parse_value(raw.strip())
+    if problems:
+        raise ConfigError(problems)
+    return result
+
+
+__all__ = [
+    "LOGGERS",
+    "AlgorithmChoice",
+    "ConfigError",
+    "DataConfig",
+    "DatasetChoice",
+    "EngineConfig",
+    "EvaluationConfig",
+    "Experiment",
+    "ModelChoice",
+    "OutputConfig",
+    "PartitionChoice",
+    "ScheduleConfig",
+    "TopologyChoice",
+    "apply_overrides",
+    "parse_value",
+]

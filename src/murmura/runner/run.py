@@ -1,0 +1,230 @@
+"""Run an experiment into a run directory: progress, checkpoints, clean stop, resume.
+
+>>> import tempfile
+>>> from murmura.config import Experiment
+>>> exp = Experiment.from_dict({"rounds": 2, "data": {"dataset": "digits", "nodes": 4},
+...                             "algorithm": {"name": "fedavg", "local_steps": 2},
+...                             "output": {"plots": False, "report": False}})
+>>> result = run_experiment(exp, tempfile.mkdtemp() + "/run", progress=False)
+>>> result.status, len(result.history)
+('completed', 2)
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from murmura.config import ConfigError, Experiment
+from murmura.metrics.history import History
+from murmura.runner.loggers import make_loggers, numeric
+from murmura.runner.progress import RunProgress
+from murmura.runner.rundir import RunDirectory, final_metrics
+
+
+class RunError(RuntimeError):
+    """A run could not start or continue (bad data, nothing to resume, ...); nothing written
+    is lost."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str  # completed | interrupted | failed
+    history: History
+    summary: dict[str, Any]
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.summary.get("final", {})
+
+
+def build_simulation(experiment: Experiment) -> Any:
+    """The experiment's data, model, algorithm and topology as a ready Simulation."""
+    from murmura.algorithms import make_algorithm
+    from murmura.data import federate
+    from murmura.swarm import Evaluation, Simulation
+
+    experiment.check()
+    data_cfg = experiment.data
+    partition = data_cfg.partition
+    data = federate(
+        data_cfg.dataset.name,
+        num_nodes=data_cfg.nodes,
+        partition=partition.name,
+        seed=experiment.seed,
+        root=data_cfg.root,
+        dataset_params=data_cfg.dataset.params,
+        **partition.params,
+    )
+    algorithm = make_algorithm(experiment.algorithm.name, **experiment.algorithm_params())
+    topology = None
+    if experiment.topology is not None:
+        topology = experiment.build_topology(require_connected=algorithm.needs_connected)
+    evaluation = experiment.evaluation
+    engine = experiment.engine
+    if engine.threads is not None:
+        torch.set_num_threads(engine.threads)
+    return Simulation(
+        data,
+        experiment.model.name,
+        algorithm,
+        topology,
+        seed=experiment.seed,
+        device=engine.device,
+        model_kwargs=experiment.model.params,
+        evaluation=Evaluation(evaluation.every, evaluation.node_samples,
+                              evaluation.test_batch_size),
+        chunk_size=engine.chunk_size,
+        same_init=engine.same_init,
+    )
+
+
+class _StopFlag:
+    """First Ctrl-C: finish the round, checkpoint, write everything, stop. Second: stop now
+    (the last checkpoint and every finished round are already on disk)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def run_experiment(
+    experiment: Experiment,
+    run_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    console: Console | None = None,
+    command: list[str] | None = None,
+) -> RunResult:
+    """Run ``experiment`` into ``run_dir`` (default: a new folder under ``output.dir``).
+
+    With ``resume=True``, ``run_dir`` is an existing run: its config is used, its latest
+    checkpoint restored, and the run continues to the same final metrics as an uninterrupted
+    run (every random draw is keyed by seed, node, round and step)."""
+    console = console or Console(stderr=True)
+    experiment.check()
+    if resume:
+        if run_dir is None:
+            raise RunError("resume needs the run directory to continue")
+        directory = RunDirectory.open(run_dir)
+    else:
+        try:
+            directory = RunDirectory.create(experiment, run_dir, command)
+        except FileExistsError as error:
+            raise RunError(str(error)) from None
+    try:
+        simulation = build_simulation(experiment)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, OSError) as error:
+        raise RunError(f"cannot build the simulation: {error}") from None
+    loggers = make_loggers(experiment, directory.path)
+
+    total = experiment.rounds
+    if resume:
+        checkpoints = directory.checkpoints()
+        if checkpoints:
+            done, path = checkpoints[-1]
+            try:
+                tensors, values = directory.load_checkpoint(path)
+                simulation.load_state_dict(tensors, values)
+            except (ValueError, OSError) as error:
+                raise RunError(f"cannot resume from {path}: {error}") from None
+            console.print(f"resuming {directory.path} from round {done} of {total}")
+        else:
+            console.print(f"{directory.path} has no checkpoint yet: starting it from round 0")
+        directory.rewrite_records(simulation.history)
+        if simulation.round >= total:
+            console.print(f"{directory.path} is already complete ({total} rounds)")
+    directory.write_topology(simulation.topology, simulation.algorithm, simulation.num_nodes)
+    simulation.total_rounds = total
+    every = experiment.output.checkpoint_every
+    keep = experiment.output.keep_checkpoints
+    start = time.perf_counter()
+    status, message = "running", None
+    directory.write_summary(status, simulation.history, total, simulation.summary(), 0.0)
+
+    display = RunProgress(console, experiment.name, total, simulation.round, enabled=progress)
+    try:
+        with _StopFlag() as stop, display:
+            while simulation.round < total:
+                record = simulation.step(total)
+                directory.append_record(record)
+                display.update(record)
+                metrics = numeric(record)
+                for logger in loggers:
+                    logger.log(metrics, record["round"])
+                if every and simulation.round % every == 0 and simulation.round < total:
+                    directory.save_checkpoint(simulation, keep)
+                if stop.requested:
+                    break
+            simulation.check_finite()
+        status = "completed" if simulation.round >= total else "interrupted"
+    except KeyboardInterrupt:
+        status = "interrupted"
+    except FloatingPointError as error:  # NonFiniteError: the history so far is kept
+        status, message = "failed", str(error)
+    finally:
+        for logger in loggers:
+            logger.close()
+    # Written after the loop so that every path out (done, Ctrl-C, NaN) leaves a complete,
+    # resumable folder; a second Ctrl-C lands here between rounds only if the first did not.
+    if status != "failed":
+        directory.save_checkpoint(simulation, keep)
+    directory.write_metrics_csv(simulation.history)
+    seconds = time.perf_counter() - start
+    summary = directory.write_summary(
+        status, simulation.history, total, simulation.summary(), seconds, message
+    )
+    if status == "interrupted":
+        console.print(
+            f"stopped after round {simulation.round} of {total}; continue with: "
+            f"murmura run --resume {directory.path}"
+        )
+    if experiment.output.plots or experiment.output.report:
+        write_figures(directory.path, report=experiment.output.report, console=console)
+    if status == "failed":
+        console.print(f"[red]run failed[/]: {message}")
+    return RunResult(directory.path, status, simulation.history, summary)
+
+
+def write_figures(run_dir: Path, *, report: bool = True, console: Console | None = None) -> None:
+    """plots/*.png and report.html; a figure that fails is reported, never fatal to the run."""
+    try:
+        from murmura.report import build_report, make_plots
+    except ImportError:  # pragma: no cover
+        return
+    try:
+        if report:
+            build_report(run_dir)
+        else:
+            make_plots(run_dir)
+    except Exception as error:  # the metrics are written; a plotting problem must not lose them
+        if console is not None:
+            console.print(f"[yellow]warning[/]: could not draw the figures: {error}")
+
+
+__all__ = ["RunError", "RunResult", "build_simulation", "final_metrics", "run_experiment"]

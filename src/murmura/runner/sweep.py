@@ -1,0 +1,286 @@
+"""Sweeps: the product of settings times seeds, each into its own run directory, and a summary
+with mean and spread over seeds.
+
+>>> grid = parse_grid(["algorithm.lr=0.01,0.1", "model.hidden=[16,32],[64]"])
+>>> grid
+{'algorithm.lr': [0.01, 0.1], 'model.hidden': [[16, 32], [64]]}
+>>> [label_of(s) for s in settings_product(grid)][:2]
+['algorithm.lr=0.01,model.hidden=[16,32]', 'algorithm.lr=0.01,model.hidden=[64]']
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import statistics
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from murmura.config import ConfigError, Experiment, parse_value
+
+SUMMARY_METRICS = {
+    "test_accuracy": "acc x̄",
+    "node_accuracy_mean": "node acc",
+    "mb_sent_per_node": "MB/node",
+    "seconds": "seconds",
+}
+
+
+def split_top_level(text: str) -> list[str]:
+    """Split on commas outside brackets and quotes: ``[16,32],[64]`` -> two values."""
+    parts, depth, quote, current = [], 0, "", ""
+    for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+            continue
+        current += ch
+    parts.append(current)
+    return [p.strip() for p in parts]
+
+
+def parse_grid(items: list[str]) -> dict[str, list[Any]]:
+    grid: dict[str, list[Any]] = {}
+    problems = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        values = [v for v in split_top_level(raw)] if sep else []
+        if not sep or not key.strip() or not values or any(v == "" for v in values):
+            problems.append(
+                f"--grid {item!r}: expected key=value1,value2,... e.g. algorithm.lr=0.01,0.1"
+            )
+            continue
+        if key.strip() in grid:
+            problems.append(f"--grid {key.strip()!r} given twice; list all its values once")
+        grid[key.strip()] = [parse_value(v) for v in values]
+    if problems:
+        raise ConfigError(problems)
+    return grid
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in split_top_level(text)]
+    except ValueError:
+        raise ConfigError([f"--seeds {text!r}: expected integers separated by commas, "
+                           "e.g. --seeds 0,1,2"]) from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError([f"--seeds {text!r}: seeds must be distinct integers >= 0"])
+    return seeds
+
+
+def settings_product(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":")) if not isinstance(value, str) else value
+
+
+def label_of(setting: dict[str, Any]) -> str:
+    return ",".join(f"{k}={_compact(v)}" for k, v in setting.items()) or "base"
+
+
+def _override(key: str, value: Any) -> str:
+    import tomli_w
+
+    text = tomli_w.dumps({"v": value}).strip()
+    return f"{key}={text[len('v = '):]}"
+
+
+@dataclass
+class SweepRun:
+    setting: dict[str, Any]
+    seed: int
+    run_dir: Path
+    status: str = "pending"
+    final: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    message: str = ""
+
+
+def plan_sweep(
+    experiment: Experiment, grid: dict[str, list[Any]], seeds: list[int], out: Path
+) -> list[tuple[Experiment, SweepRun]]:
+    """Every (setting, seed) as a validated experiment, before anything runs: a typo in the
+    third value of a grid fails now, not an hour in."""
+    planned = []
+    problems = []
+    for setting in settings_product(grid):
+        label = label_of(setting)
+        overrides = [_override(k, v) for k, v in setting.items()]
+        for seed in seeds:
+            try:
+                exp = experiment.with_overrides([*overrides, f"seed={seed}"])
+                exp = exp.model_copy(update={"name": f"{experiment.name}[{label}] seed {seed}"})
+                exp.check()
+            except ConfigError as error:
+                problems += [f"{label}, seed {seed}: {p}" for p in error.problems]
+                continue
+            folder = out / _folder_name(label) / f"seed{seed}"
+            planned.append((exp, SweepRun(setting, seed, folder)))
+    if problems:
+        raise ConfigError(problems)
+    return planned
+
+
+def _folder_name(label: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9.=,_-]+", "_", label)[:120]
+
+
+def _run_one(exp_dict: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """Worker body (also used in-process): never raises, reports failure in the result."""
+    from murmura.runner.run import RunError, run_experiment
+
+    exp = Experiment.from_dict(exp_dict)
+    try:
+        result = run_experiment(exp, run_dir, progress=False, console=Console(quiet=True))
+    except (ConfigError, RunError, ValueError, OSError) as error:
+        return {"status": "failed", "final": {}, "seconds": 0.0, "message": str(error)}
+    return {
+        "status": result.status,
+        "final": result.final,
+        "seconds": float(result.summary.get("seconds", 0.0)),
+        "message": result.summary.get("message", ""),
+    }
+
+
+def run_sweep(
+    experiment: Experiment,
+    grid: dict[str, list[Any]],
+    seeds: list[int],
+    out: str | Path,
+    *,
+    workers: int = 1,
+    console: Console | None = None,
+) -> list[SweepRun]:
+    """Run every (setting, seed); write ``out/sweep.csv`` (one row per run) and
+    ``out/sweep_summary.json`` (mean and standard deviation over seeds per setting)."""
+    console = console or Console(stderr=True)
+    out = Path(out)
+    planned = plan_sweep(experiment, grid, seeds, out)
+    existing = [run.run_dir for _, run in planned if run.run_dir.exists()]
+    if existing:
+        raise ConfigError([
+            f"{existing[0]} already exists: sweep into a new --out folder (or delete it)"
+        ])
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [run for _, run in planned]
+    console.print(f"sweep: {len(runs)} runs ({len(runs) // len(seeds)} settings x "
+                  f"{len(seeds)} seeds) into {out}")
+    if workers <= 1:
+        for index, (exp, run) in enumerate(planned, 1):
+            _finish(run, _run_one(exp.to_dict(), str(run.run_dir)), console, index, len(runs))
+    else:
+        # spawn: a forked child would inherit torch's thread pools in an undefined state
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = {
+                pool.submit(_run_one, exp.to_dict(), str(run.run_dir)): run
+                for exp, run in planned
+            }
+            for index, future in enumerate(as_completed(futures), 1):
+                _finish(futures[future], future.result(), console, index, len(runs))
+    write_sweep_files(runs, out)
+    console.print(summary_table(runs))
+    return runs
+
+
+def _finish(run: SweepRun, result: dict[str, Any], console: Console, i: int, n: int) -> None:
+    run.status = result["status"]
+    run.final = result["final"]
+    run.seconds = result["seconds"]
+    run.message = result.get("message", "")
+    acc = run.final.get("test_accuracy")
+    shown = f"{acc:.2%}" if isinstance(acc, float) else "-"
+    note = f" ({run.message})" if run.status == "failed" else ""
+    console.print(f"[{i}/{n}] {label_of(run.setting)} seed {run.seed}: {run.status}, "
+                  f"acc {shown}, {run.seconds:.1f} s{note}")
+
+
+def _metric(run: SweepRun, key: str) -> float | None:
+    if key == "seconds":
+        return run.seconds
+    if key == "mb_sent_per_node":
+        value = run.final.get("bytes_sent_per_node_mean")
+        return None if value is None else value / 1e6
+    value = run.final.get(key)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def summarize(runs: list[SweepRun]) -> list[dict[str, Any]]:
+    """Per setting: runs, completed runs, and mean/std over seeds of each summary metric."""
+    groups: dict[str, list[SweepRun]] = {}
+    for run in runs:
+        groups.setdefault(label_of(run.setting), []).append(run)
+    rows = []
+    for label, members in groups.items():
+        row: dict[str, Any] = {"setting": label, **members[0].setting, "runs": len(members),
+                               "completed": sum(r.status == "completed" for r in members)}
+        for key in SUMMARY_METRICS:
+            values = [v for r in members if r.status == "completed"
+                      for v in [_metric(r, key)] if v is not None]
+            row[f"{key}_mean"] = statistics.fmean(values) if values else None
+            row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else (
+                0.0 if values else None)
+        rows.append(row)
+    return rows
+
+
+def write_sweep_files(runs: list[SweepRun], out: Path) -> None:
+    import csv
+
+    keys = sorted({k for r in runs for k in r.setting})
+    with (out / "sweep.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([*keys, "seed", "status", *SUMMARY_METRICS, "run_dir"])
+        for r in runs:
+            writer.writerow([_compact(r.setting.get(k)) for k in keys] + [r.seed, r.status]
+                            + [_metric(r, m) for m in SUMMARY_METRICS] + [str(r.run_dir)])
+    (out / "sweep_summary.json").write_text(
+        json.dumps({"settings": summarize(runs)}, indent=2, default=str) + "\n"
+    )
+
+
+def _mean_std(row: dict[str, Any], key: str, percent: bool) -> str:
+    mean, std = row[f"{key}_mean"], row[f"{key}_std"]
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    scale = 100 if percent else 1
+    unit = "%" if percent else ""
+    return f"{scale * mean:.2f} ± {scale * std:.2f}{unit}"
+
+
+def summary_table(runs: list[SweepRun]) -> Table:
+    table = Table(title="sweep summary (mean ± std over seeds)")
+    table.add_column("setting")
+    table.add_column("runs", justify="right")
+    for title in SUMMARY_METRICS.values():
+        table.add_column(title, justify="right")
+    for row in summarize(runs):
+        table.add_row(
+            row["setting"], f"{row['completed']}/{row['runs']}",
+            *(_mean_std(row, k, percent=k.endswith("accuracy") or k.endswith("accuracy_mean"))
+              for k in SUMMARY_METRICS),
+        )
+    return table
+
+
+__all__ = ["SweepRun", "parse_grid", "parse_seeds", "plan_sweep", "run_sweep", "summarize"]
