@@ -117,6 +117,12 @@ class MlflowLogger:
 LOGGER_CLASSES = {"tensorboard": TensorBoardLogger, "wandb": WandbLogger, "mlflow": MlflowLogger}
 
 
+def check_loggers(experiment: Experiment) -> None:
+    """Fail before anything is written when a logger's package is missing."""
+    for name in experiment.output.loggers:
+        _require(EXTRAS[name], name)
+
+
 def make_loggers(experiment: Experiment, run_dir: Path) -> list[Logger]:
     """The experiment's loggers, each checked for its package before the first round."""
     return [LOGGER_CLASSES[name](run_dir, experiment) for name in experiment.output.loggers]

@@ -24,7 +24,7 @@ from rich.console import Console
 
 from murmura.config import ConfigError, Experiment
 from murmura.metrics.history import History
-from murmura.runner.loggers import make_loggers, numeric
+from murmura.runner.loggers import check_loggers, make_loggers, numeric
 from murmura.runner.progress import RunProgress
 from murmura.runner.rundir import RunDirectory, final_metrics
 
@@ -126,21 +126,28 @@ def run_experiment(
     run (every random draw is keyed by seed, node, round and step)."""
     console = console or Console(stderr=True)
     experiment.check()
+    check_loggers(experiment)
     if resume:
         if run_dir is None:
             raise RunError("resume needs the run directory to continue")
         directory = RunDirectory.open(run_dir)
-    else:
+    elif run_dir is not None:
         try:
-            directory = RunDirectory.create(experiment, run_dir, command)
+            RunDirectory.check_free(run_dir)
         except FileExistsError as error:
             raise RunError(str(error)) from None
+    # Built before the run directory exists, so a missing dataset leaves no empty run behind.
     try:
         simulation = build_simulation(experiment)
     except ConfigError:
         raise
     except (ValueError, TypeError, OSError) as error:
         raise RunError(f"cannot build the simulation: {error}") from None
+    if not resume:
+        try:
+            directory = RunDirectory.create(experiment, run_dir, command)
+        except FileExistsError as error:
+            raise RunError(str(error)) from None
     loggers = make_loggers(experiment, directory.path)
 
     total = experiment.rounds

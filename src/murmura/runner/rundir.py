@@ -106,11 +106,7 @@ class RunDirectory:
                 target = base.with_name(f"{base.name}-{k}")
         else:
             target = Path(path)
-            if target.exists() and (not target.is_dir() or any(target.iterdir())):
-                raise FileExistsError(
-                    f"{target} already exists and is not empty: choose another --out, or "
-                    f"continue that run with: murmura run --resume {target}"
-                )
+            cls.check_free(target)
         target.mkdir(parents=True, exist_ok=True)
         run = cls(target)
         resolved = experiment.model_copy(update={"provenance": provenance(command)})
@@ -120,6 +116,16 @@ class RunDirectory:
         )
         (target / "metrics.jsonl").write_text("")
         return run
+
+    @staticmethod
+    def check_free(path: str | Path) -> None:
+        """A run may be written at ``path``: absent, or an empty folder."""
+        target = Path(path)
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise FileExistsError(
+                f"{target} already exists and is not empty: choose another --out, or "
+                f"continue that run with: murmura run --resume {target}"
+            )
 
     @classmethod
     def open(cls, path: str | Path) -> RunDirectory:
