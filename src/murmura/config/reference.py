@@ -213,7 +213,23 @@ def cli_markdown() -> str:
             rows.append(f"| `{label}` | {text}{shown} |")
         if rows:
             lines += ["| argument / option | meaning |", "|---|---|", *rows, ""]
+    lines += _run_directory_section()
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _run_directory_section() -> list[str]:
+    from murmura.metrics.history import COLUMNS
+    from murmura.runner import rundir
+
+    layout = (rundir.__doc__ or "").split("::", 1)[-1].strip("\n")
+    lines = ["## The run directory", "", "What `murmura run` writes:", "", "```",
+             *[line[4:] if line.startswith("    ") else line for line in layout.splitlines()],
+             "```", "", "### `metrics.csv` columns", "",
+             "Evaluation columns are empty on rounds that were not evaluated "
+             "(`evaluation.every`).", "", "| column | meaning |", "|---|---|"]
+    lines += [f"| `{name}` | {text} |" for name, text in COLUMNS.items()]
+    lines.append("")
+    return lines
 
 
 def _argument_usage(param: Any) -> str:
