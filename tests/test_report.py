@@ -394,7 +394,8 @@ def test_figure_captions_cover_every_figure():
 
 def test_compare_runs_table_matches_final_metrics(runs, tmp_path):
     rows, paths = compare_runs([runs["ring"], runs["fedavg"]], tmp_path / "cmp")
-    assert [p.name for p in paths] == ["compare_accuracy.png", "compare_loss.png"]
+    assert [p.name for p in paths] == ["compare_accuracy.png", "compare_node_accuracy.png",
+                                       "compare_loss.png"]
     for path in paths:
         check_png(path)
     for row, key in zip(rows, ["ring", "fedavg"]):
@@ -414,7 +415,7 @@ def test_comparison_report(runs, tmp_path):
     out = build_comparison_report([runs["ring"], runs["fedavg"]], tmp_path / "cmp")
     assert out == tmp_path / "cmp" / "comparison.html"
     page = out.read_text()
-    assert page.count(IMG_TAG) == 2
+    assert page.count(IMG_TAG) == 3
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert "ring-dsgd" in page and "fedavg" in page
 

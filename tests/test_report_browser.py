@@ -156,5 +156,5 @@ def test_comparison_in_browser(driver, run_dirs, tmp_path):
     assert driver.title.startswith("Comparison of 2 runs")
     text = driver.execute_script("return document.body.innerText")
     assert RUN_NAME in text and "fedavg" in text
-    assert driver.execute_script("return document.images.length") == 2
+    assert driver.execute_script("return document.images.length") == 3
     screenshot(driver, "comparison.png", tmp_path)

@@ -28,7 +28,8 @@ def compare_runs(
     run_dirs: Sequence[PathLike | Run], out_dir: PathLike
 ) -> tuple[list[dict[str, Any]], list[Path]]:
     """One row per run (see :func:`summary_row`) and the overlaid figures written in
-    ``out_dir`` (``compare_accuracy.png``, ``compare_loss.png``)."""
+    ``out_dir`` (``compare_accuracy.png``, ``compare_node_accuracy.png``,
+    ``compare_loss.png``)."""
     runs = load_runs(run_dirs)
     labels = run_labels(runs)
     rows = [summary_row(run, label) for run, label in zip(runs, labels)]

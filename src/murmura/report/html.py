@@ -157,6 +157,8 @@ def build_comparison_report(run_dirs: Sequence[PathLike | Run], out_dir: PathLik
     captions = {
         "compare_accuracy.png": "Test accuracy of each run's average model x̄, against rounds "
         "and against the data each node sent.",
+        "compare_node_accuracy.png": "Mean over nodes of each node's own model's accuracy (test "
+        "subset): what a participant holds, which x̄ hides when nodes disagree.",
         "compare_loss.png": "Test loss of each run's average model x̄.",
     }
     title = f"Comparison of {len(runs)} run{'s' if len(runs) != 1 else ''}"

@@ -577,6 +577,8 @@ def plot_comparison(
     with matplotlib.rc_context(RC):
         for name, column, ylabel, what, percent in (
             ("compare_accuracy.png", "test_accuracy", "accuracy", "test accuracy of x̄", True),
+            ("compare_node_accuracy.png", "node_accuracy_mean", "accuracy",
+             "nodes' own accuracy (mean)", True),
             ("compare_loss.png", "test_loss", "cross-entropy loss", "test loss of x̄", False),
         ):
             if not any(run.has(column) for run in runs):
