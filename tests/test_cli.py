@@ -330,3 +330,75 @@ def test_missing_dataset_is_a_clear_error_and_leaves_no_run(tmp_path, capsys, mo
     err = capsys.readouterr().err
     assert "fashion" in err.lower() and str(tmp_path) in err
     assert not out.exists()
+
+
+def test_second_ctrl_c_mid_round_keeps_the_last_whole_checkpoint(tmp_path, monkeypatch,
+                                                                  uninterrupted):
+    from murmura.swarm.engine import Simulation
+
+    config = tiny(tmp_path, **LONG)
+    run_dir = tmp_path / "run"
+    real = Simulation.communicate
+
+    def interrupted_at_round_15(self, plan):
+        if self.round == 15:  # trained, not yet communicated: a half-done round
+            raise KeyboardInterrupt
+        return real(self, plan)
+
+    monkeypatch.setattr(Simulation, "communicate", interrupted_at_round_15)
+    result = run_experiment(Experiment.from_toml(config), run_dir, progress=False)
+    assert result.status == "interrupted"
+    assert RunDirectory(run_dir).checkpoints()[-1][0] == 10  # not the half-done round 15
+    monkeypatch.setattr(Simulation, "communicate", real)
+    resumed = run_experiment(RunDirectory(run_dir).experiment(), run_dir, resume=True,
+                             progress=False)
+    for key in COMPARED:
+        assert resumed.final[key] == uninterrupted[key], key
+
+
+def test_plugin_module_beside_the_config_is_found_by_the_console_script(tmp_path):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "my_plugin_models.py").write_text(
+        "from torch import nn\n"
+        "from murmura.models import MODELS\n\n"
+        "@MODELS.register('plugin_linear', 'a plugin model', overwrite=True)\n"
+        "def plugin_linear(input_shape, num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))\n"
+    )
+    config = tmp_path / "conf" / "exp.toml"
+    config.write_text(
+        'imports = ["my_plugin_models"]\nrounds = 1\n[data]\nnodes = 4\n'
+        '[model]\nname = "plugin_linear"\n[algorithm]\nname = "fedavg"\nlocal_steps = 1\n'
+        '[output]\nplots = false\nreport = false\n'
+    )
+    script = Path(sys.executable).with_name("murmura")
+    done = subprocess.run([str(script), "run", str(config), "--out", str(tmp_path / "run"),
+                           "--quiet"], capture_output=True, text=True, timeout=120,
+                          cwd=REPO, check=False)
+    assert done.returncode == 0, done.stderr
+    listed = subprocess.run([str(script), "list", "models", "--import", "my_plugin_models"],
+                            capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path / "conf", check=False)
+    assert listed.returncode == 0 and "plugin_linear" in listed.stdout, listed.stderr
+
+
+def test_error_messages_keep_square_brackets(tmp_path, capsys):
+    config = tiny(tmp_path, rounds=2)
+    assert main(["run", str(config), "--set", "data.nodse=3"]) == 2
+    assert "keys allowed in [data]" in capsys.readouterr().err.replace("\n", " ")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "examples").glob("*.toml")), ids=lambda p: p.name)
+def test_every_example_runs(path, tmp_path):
+    """Each example, shrunk to digits and two rounds (its structure is what is tested)."""
+    exp = Experiment.from_toml(path)
+    overrides = ["rounds=2", "evaluation.every=1", "data.nodes=16", "output.plots=false",
+                 "output.report=false"]
+    if exp.data.dataset.name == "fashion_mnist":
+        overrides.append("data.dataset=digits")
+    if exp.model.name == "cnn":  # digits are flat 8x8 features
+        overrides.append('model={name = "mlp", hidden = [16]}')
+    if exp.data.partition.name == "natural":
+        overrides.append("data.partition=iid")
+    result = run_experiment(exp.with_overrides(overrides), tmp_path / "run", progress=False)
+    assert result.status == "completed" and len(result.history) == 2

@@ -14,8 +14,23 @@ def runnable_blocks(path: Path) -> list[str]:
     return [b for b in blocks if b.lstrip().startswith(("from ", "import "))]
 
 
+@pytest.fixture
+def restored_registries():
+    """Pages register their own components; the other tests must not see them."""
+    import murmura
+    from murmura.topology import MIXING
+
+    registries = [murmura.ALGORITHMS, murmura.DATASETS, murmura.MODELS, murmura.PARTITIONERS,
+                  murmura.TOPOLOGIES, MIXING]
+    saved = [dict(r._entries) for r in registries]
+    yield
+    for registry, entries in zip(registries, saved):
+        registry._entries.clear()
+        registry._entries.update(entries)
+
+
 @pytest.mark.parametrize("path", PAGES, ids=lambda p: p.name)
-def test_doc_examples_run(path, tmp_path, monkeypatch):
+def test_doc_examples_run(path, tmp_path, monkeypatch, restored_registries):
     monkeypatch.chdir(tmp_path)  # examples may write files
     blocks = runnable_blocks(path)
     assert blocks, f"{path.name} has no runnable example"
@@ -23,7 +38,7 @@ def test_doc_examples_run(path, tmp_path, monkeypatch):
         exec(compile(block, str(path), "exec"), {"__name__": f"doc_{path.stem}"})
 
 
-def test_package_doctests():
+def test_package_doctests(restored_registries):
     import doctest
     import importlib
     import pkgutil

@@ -434,3 +434,12 @@ def test_time_varying_gossip_keeps_the_average_and_counts_one_peer(name):
     # each node sends its model to at most one peer per round
     assert float(sim.bytes_sent.max()) <= 3 * 4 * sim.spec.dim
     assert float(sim.bytes_sent.sum()) == float(sim.bytes_received.sum()) > 0
+
+
+def test_late_fraction_and_communicate_every_cannot_both_apply():
+    import pytest as _pytest
+
+    from murmura.algorithms import make_algorithm
+
+    with _pytest.raises(ValueError, match="set one"):
+        make_algorithm("dsgd", late_fraction=0.5, communicate_every=2)

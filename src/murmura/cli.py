@@ -38,7 +38,9 @@ class UserError(Exception):
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(2)
 
 
@@ -215,8 +217,14 @@ def list_(
     kind: Annotated[str | None, typer.Argument(
         help="algorithms, topologies, datasets, partitions, models or weights (default: all)")
     ] = None,
+    import_: Annotated[list[str] | None, typer.Option(
+        "--import", help="a module that registers components (repeatable), as a config's "
+        "imports")] = None,
 ) -> None:
     """What can be named in a config, with one-line descriptions and parameters."""
+    from murmura.config.schema import import_modules
+
+    import_modules(import_ or [], [Path.cwd()])
     if kind is not None and kind not in KINDS:
         import difflib
 

@@ -28,6 +28,11 @@ def _schedule(
     communicate_every: int, late_fraction: float | None, final_merge: bool
 ) -> Schedule:
     if late_fraction is not None:
+        if communicate_every != 1:
+            raise ValueError(
+                f"late_fraction={late_fraction} (communicate every round of the last fraction) "
+                f"and communicate_every={communicate_every} cannot both apply: set one"
+            )
         return Late(late_fraction, merge_at_end=final_merge)
     return Every(communicate_every, merge_at_end=final_merge)
 

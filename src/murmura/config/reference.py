@@ -149,6 +149,8 @@ def configuration_markdown() -> str:
         lines += [f"### `{key}` (`murmura list {kind}`)", "",
                   "| name | description | parameters (defaults) |", "|---|---|---|"]
         for entry, description in registry.describe().items():
+            if not getattr(registry.get(entry), "__module__", "").startswith("murmura."):
+                continue  # a user's registration, not part of murmura's reference
             params = _signature_text(registry.get(entry), SUPPLIED[kind]) or "(none)"
             lines.append(f"| `{entry}` | {description} | {params} |")
         if kind == "partitions":

@@ -413,8 +413,9 @@ class Experiment(Section):
     # ------------------------------------------------------------------ io
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Experiment:
-        """Validate a nested dict (what a TOML file parses to); ConfigError lists every problem."""
+    def from_dict(cls, values: dict[str, Any], search: tuple[Path, ...] = ()) -> Experiment:
+        """Validate a nested dict (what a TOML file parses to); ConfigError lists every problem.
+        ``imports`` are looked for on ``sys.path``, in the current folder and in ``search``."""
         if not isinstance(values, dict):
             kind = type(values).__name__
             raise ConfigError([f"an experiment must be a table of keys, got {kind}"])
@@ -423,14 +424,7 @@ class Experiment(Section):
             not isinstance(imports, list) or not all(isinstance(m, str) for m in imports)
         ):
             raise ConfigError([f"imports: must be a list of module names, got {imports!r}"])
-        for module in imports or []:
-            try:
-                importlib.import_module(module)
-            except ImportError as error:
-                raise ConfigError([
-                    f"imports: cannot import {module!r} ({error}); is it installed or on "
-                    "PYTHONPATH?"
-                ]) from None
+        import_modules(imports or [], [Path.cwd(), *search])
         try:
             return cls.model_validate(values)
         except ValidationError as error:
@@ -461,7 +455,7 @@ class Experiment(Section):
             values = apply_overrides(values, overrides)
         if "name" not in values:
             values["name"] = path.stem
-        return cls.from_dict(values)
+        return cls.from_dict(values, search=(path.resolve().parent,))
 
     def to_dict(self) -> dict[str, Any]:
         """The nested dict of this experiment, without unset optional sections."""
@@ -546,6 +540,23 @@ class Experiment(Section):
             require_connected=require_connected,
             **self.topology.params,
         )
+
+
+def import_modules(modules: list[str], folders: list[Path]) -> None:
+    """Import modules that register components; ``folders`` (the current one, the config's)
+    are searched too, as ``python -m`` would, so a console script finds a module beside the
+    config."""
+    for folder in folders:
+        if str(folder) not in sys.path:
+            sys.path.append(str(folder))
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ConfigError([
+                f"imports: cannot import {module!r} ({error}); is it installed, on PYTHONPATH, "
+                "or beside the config file?"
+            ]) from None
 
 
 def _drop_none(value: Any) -> Any:

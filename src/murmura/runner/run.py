@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,9 +169,9 @@ def run_experiment(
     simulation.total_rounds = total
     every = experiment.output.checkpoint_every
     keep = experiment.output.keep_checkpoints
-    start = time.perf_counter()
-    status, message = "running", None
-    directory.write_summary(status, simulation.history, total, simulation.summary(), 0.0)
+    status, message, mid_round = "running", None, False
+    directory.write_summary(status, simulation.history, total, simulation.summary(),
+                            simulation.wall_seconds)
 
     display = RunProgress(console, experiment.name, total, simulation.round, enabled=progress)
     try:
@@ -191,18 +190,21 @@ def run_experiment(
             simulation.check_finite()
         status = "completed" if simulation.round >= total else "interrupted"
     except KeyboardInterrupt:
-        status = "interrupted"
+        # A second Ctrl-C may land mid-round: the state is half-updated, so it is not saved;
+        # the last periodic checkpoint and every finished round's metrics remain.
+        status, mid_round = "interrupted", True
     except FloatingPointError as error:  # NonFiniteError: the history so far is kept
         status, message = "failed", str(error)
     finally:
         for logger in loggers:
             logger.close()
     # Written after the loop so that every path out (done, Ctrl-C, NaN) leaves a complete,
-    # resumable folder; a second Ctrl-C lands here between rounds only if the first did not.
-    if status != "failed":
+    # resumable folder.
+    if status != "failed" and not mid_round:
         directory.save_checkpoint(simulation, keep)
     directory.write_metrics_csv(simulation.history)
-    seconds = time.perf_counter() - start
+    # the rounds' wall time, cumulative over the sessions of a resumed run
+    seconds = simulation.wall_seconds
     summary = directory.write_summary(
         status, simulation.history, total, simulation.summary(), seconds, message
     )

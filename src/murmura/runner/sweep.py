@@ -179,9 +179,10 @@ def run_sweep(
     planned = plan_sweep(experiment, grid, seeds, out)
     existing = [run.run_dir for _, run in planned if run.run_dir.exists()]
     if existing:
-        raise ConfigError([
-            f"{existing[0]} already exists: sweep into a new --out folder (or delete it)"
-        ])
+        from murmura.runner.run import RunError
+
+        raise RunError(f"{existing[0]} already exists: sweep into a new --out folder (or "
+                       "delete it)")
     out.mkdir(parents=True, exist_ok=True)
     runs = [run for _, run in planned]
     console.print(f"sweep: {len(runs)} runs ({len(runs) // len(seeds)} settings x "

@@ -592,6 +592,11 @@ class Simulation:
             "device": str(self.device),
         }
 
+    @property
+    def wall_seconds(self) -> float:
+        """Wall time of every round run so far (evaluation included), across resumes."""
+        return self._wall
+
     def average_params(self) -> torch.Tensor:
         return self.params.mean(dim=0)
 
