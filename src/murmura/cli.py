@@ -83,28 +83,36 @@ def run(
     resume: Annotated[Path | None, typer.Option(
         help="continue the run in this directory from its last checkpoint")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress display")] = False,
+    backend: Annotated[str | None, typer.Option(
+        help="local (one process) or dist (shard the nodes over a torchrun launch's "
+        "processes); default: engine.backend")] = None,
 ) -> None:
     """Run one experiment into a run directory, with a live progress display.
+
+    Sharded over processes: torchrun --nproc-per-node 2 -m murmura run CONFIG --backend dist
 
     Ctrl-C stops after the current round and keeps everything (resume with --resume).
     """
     from murmura.runner import RunDirectory, run_experiment
 
+    if backend is not None and backend not in ("local", "dist"):
+        raise UserError(f"--backend {backend!r}: choose local or dist")
     if resume is not None:
         if config is not None or set_ or out is not None:
             raise UserError("--resume continues a run as it was configured: pass only the run "
                             "directory (no CONFIG, --set or --out)")
         experiment = RunDirectory.open(resume).experiment()
         result = run_experiment(experiment, resume, resume=True, progress=not quiet,
-                                console=err_console, command=sys.argv)
+                                console=err_console, command=sys.argv, backend=backend)
     else:
         if config is None:
             raise UserError("give an experiment file (murmura run CONFIG.toml; examples/ has "
                             "some) or --resume RUN_DIR")
         experiment = _load(config, set_)
         result = run_experiment(experiment, out, progress=not quiet, console=err_console,
-                                command=sys.argv)
-    _print_final(result)
+                                command=sys.argv, backend=backend)
+    if "final" in result.summary:
+        _print_final(result)  # rank 0 of a sharded run, or the one process
     if result.status == "failed":
         raise typer.Exit(1)
     if result.status == "interrupted":

@@ -333,6 +333,10 @@ class EngineConfig(Section):
     """How the simulation is executed (never what it computes)."""
 
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, ...")
+    backend: Literal["local", "dist"] = Field(
+        "local", description="local: one process; dist: nodes sharded over the processes of a "
+        "torchrun launch (see docs/scaling.md)",
+    )
     chunk_size: int | None = Field(
         None, ge=1, description="nodes per vectorized block (default: sized by memory)"
     )

@@ -27,6 +27,8 @@ COLUMNS: dict[str, str] = {
     "bytes_received_per_node_mean": "cumulative bytes received, mean over nodes",
     "bytes_received_per_node_max": "cumulative bytes received by the busiest node",
     "server_bytes_sent_total": "cumulative bytes a server sent (star algorithms; 0 otherwise)",
+    "inter_rank_bytes": "bytes sent between processes this round (sharded runs only): halo rows "
+    "and all-reduces, not counted in the algorithm's bytes",
     "train_seconds": "wall time of the round's local training",
     "comm_seconds": "wall time of the round's communication",
     "round_seconds": "wall time of the whole round, evaluation included",

@@ -45,8 +45,9 @@ class RunResult:
         return self.summary.get("final", {})
 
 
-def build_simulation(experiment: Experiment) -> Any:
-    """The experiment's data, model, algorithm and topology as a ready Simulation."""
+def build_simulation(experiment: Experiment, backend: str | None = None) -> Any:
+    """The experiment's data, model, algorithm and topology as a ready Simulation (sharded
+    over the process group for ``backend="dist"``)."""
     from murmura.algorithms import make_algorithm
     from murmura.data import federate
     from murmura.swarm import Evaluation, Simulation
@@ -71,7 +72,10 @@ def build_simulation(experiment: Experiment) -> Any:
     engine = experiment.engine
     if engine.threads is not None:
         torch.set_num_threads(engine.threads)
-    return Simulation(
+    engine_class = Simulation
+    if (backend or engine.backend) == "dist":
+        from murmura.dist import ShardedSimulation as engine_class
+    return engine_class(
         data,
         experiment.model.name,
         algorithm,
@@ -117,40 +121,90 @@ def run_experiment(
     progress: bool = True,
     console: Console | None = None,
     command: list[str] | None = None,
+    backend: str | None = None,
 ) -> RunResult:
     """Run ``experiment`` into ``run_dir`` (default: a new folder under ``output.dir``).
 
     With ``resume=True``, ``run_dir`` is an existing run: its config is used, its latest
     checkpoint restored, and the run continues to the same final metrics as an uninterrupted
-    run (every random draw is keyed by seed, node, round and step)."""
+    run (every random draw is keyed by seed, node, round and step).
+
+    ``backend="dist"`` (default: ``engine.backend``) shards the nodes over the processes of a
+    ``torchrun`` launch; every rank calls this function, rank 0 writes the run directory."""
     console = console or Console(stderr=True)
     experiment.check()
-    check_loggers(experiment)
+    backend = backend or experiment.engine.backend
+    created_group = False
+    if backend == "dist":
+        from murmura.dist import init_from_environment
+
+        try:
+            created_group, device = init_from_environment(experiment.engine.device)
+        except RuntimeError as error:
+            raise RunError(str(error)) from None
+        experiment = experiment.model_copy(
+            update={"engine": experiment.engine.model_copy(update={"device": device})}
+        )
+    try:
+        return _run(experiment, run_dir, resume, progress, console, command, backend)
+    finally:
+        if created_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _is_writer(backend: str) -> bool:
+    if backend != "dist":
+        return True
+    import torch.distributed as dist
+
+    return dist.get_rank() == 0
+
+
+def _run(
+    experiment: Experiment,
+    run_dir: str | Path | None,
+    resume: bool,
+    progress: bool,
+    console: Console,
+    command: list[str] | None,
+    backend: str,
+) -> RunResult:
+    writer = _is_writer(backend)  # in a sharded run only rank 0 writes and prints
+    if not writer:
+        console = Console(quiet=True)
+        progress = False
+    else:
+        check_loggers(experiment)
+    directory: RunDirectory | None = None
     if resume:
         if run_dir is None:
             raise RunError("resume needs the run directory to continue")
         directory = RunDirectory.open(run_dir)
-    elif run_dir is not None:
+    elif run_dir is not None and writer:
         try:
             RunDirectory.check_free(run_dir)
         except FileExistsError as error:
             raise RunError(str(error)) from None
     # Built before the run directory exists, so a missing dataset leaves no empty run behind.
     try:
-        simulation = build_simulation(experiment)
+        simulation = build_simulation(experiment, backend)
     except ConfigError:
         raise
     except (ValueError, TypeError, OSError) as error:
         raise RunError(f"cannot build the simulation: {error}") from None
-    if not resume:
+    if not resume and writer:
         try:
             directory = RunDirectory.create(experiment, run_dir, command)
         except FileExistsError as error:
             raise RunError(str(error)) from None
-    loggers = make_loggers(experiment, directory.path)
+    out = directory if writer else None  # where this process writes (None: nowhere)
+    loggers = make_loggers(experiment, out.path) if out is not None else []
 
     total = experiment.rounds
     if resume:
+        assert directory is not None
         checkpoints = directory.checkpoints()
         if checkpoints:
             done, path = checkpoints[-1]
@@ -162,30 +216,39 @@ def run_experiment(
             console.print(f"resuming {directory.path} from round {done} of {total}")
         else:
             console.print(f"{directory.path} has no checkpoint yet: starting it from round 0")
-        directory.rewrite_records(simulation.history)
+        if out is not None:
+            out.rewrite_records(simulation.history)
         if simulation.round >= total:
             console.print(f"{directory.path} is already complete ({total} rounds)")
-    directory.write_topology(simulation.topology, simulation.algorithm, simulation.num_nodes)
+    if out is not None:
+        out.write_topology(simulation.topology, simulation.algorithm, simulation.num_nodes)
     simulation.total_rounds = total
     every = experiment.output.checkpoint_every
     keep = experiment.output.keep_checkpoints
     status, message, mid_round = "running", None, False
-    directory.write_summary(status, simulation.history, total, simulation.summary(),
-                            simulation.wall_seconds)
+    if out is not None:
+        out.write_summary(status, simulation.history, total, simulation.summary(),
+                          simulation.wall_seconds)
+
+    def checkpoint() -> None:
+        state = simulation.state_dict()  # collective in a sharded run: every rank calls it
+        if out is not None:
+            out.save_state(simulation.round, *state, keep=keep)
 
     display = RunProgress(console, experiment.name, total, simulation.round, enabled=progress)
     try:
         with _StopFlag() as stop, display:
             while simulation.round < total:
                 record = simulation.step(total)
-                directory.append_record(record)
+                if out is not None:
+                    out.append_record(record)
                 display.update(record)
                 metrics = numeric(record)
                 for logger in loggers:
                     logger.log(metrics, record["round"])
                 if every and simulation.round % every == 0 and simulation.round < total:
-                    directory.save_checkpoint(simulation, keep)
-                if stop.requested:
+                    checkpoint()
+                if simulation.any_process(stop.requested):  # every rank stops at one round
                     break
             simulation.check_finite()
         status = "completed" if simulation.round >= total else "interrupted"
@@ -201,23 +264,26 @@ def run_experiment(
     # Written after the loop so that every path out (done, Ctrl-C, NaN) leaves a complete,
     # resumable folder.
     if status != "failed" and not mid_round:
-        directory.save_checkpoint(simulation, keep)
-    directory.write_metrics_csv(simulation.history)
+        checkpoint()
     # the rounds' wall time, cumulative over the sessions of a resumed run
     seconds = simulation.wall_seconds
-    summary = directory.write_summary(
-        status, simulation.history, total, simulation.summary(), seconds, message
-    )
-    if status == "interrupted":
-        console.print(
-            f"stopped after round {simulation.round} of {total}; continue with: "
-            f"murmura run --resume {directory.path}"
+    summary: dict[str, Any] = {"status": status, "seconds": seconds}
+    if out is not None:
+        out.write_metrics_csv(simulation.history)
+        summary = out.write_summary(
+            status, simulation.history, total, simulation.summary(), seconds, message
         )
-    if experiment.output.plots or experiment.output.report:
-        write_figures(directory.path, report=experiment.output.report, console=console)
-    if status == "failed":
-        console.print(f"[red]run failed[/]: {message}")
-    return RunResult(directory.path, status, simulation.history, summary)
+        if status == "interrupted":
+            console.print(
+                f"stopped after round {simulation.round} of {total}; continue with: "
+                f"murmura run --resume {out.path}"
+            )
+        if experiment.output.plots or experiment.output.report:
+            write_figures(out.path, report=experiment.output.report, console=console)
+        if status == "failed":
+            console.print(f"[red]run failed[/]: {message}")
+    path = directory.path if directory is not None else Path(run_dir or ".")
+    return RunResult(path, status, simulation.history, summary)
 
 
 def write_figures(run_dir: Path, *, report: bool = True, console: Console | None = None) -> None:

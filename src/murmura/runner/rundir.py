@@ -244,9 +244,15 @@ class RunDirectory:
         return sorted(found)
 
     def save_checkpoint(self, simulation: Any, keep: int) -> Path:
-        tensors, values = simulation.state_dict()
+        """Save ``simulation.state_dict()`` as ``checkpoints/round_<rounds done>``."""
+        return self.save_state(simulation.round, *simulation.state_dict(), keep=keep)
+
+    def save_state(
+        self, rounds_done: int, tensors: dict[str, torch.Tensor], values: dict[str, Any],
+        keep: int,
+    ) -> Path:
         self.checkpoint_dir.mkdir(exist_ok=True)
-        path = self.checkpoint_dir / f"round_{simulation.round:06d}.safetensors"
+        path = self.checkpoint_dir / f"round_{rounds_done:06d}.safetensors"
         partial = path.with_suffix(".partial")
         cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         values = {**values, "history": [{k: _plain(v) for k, v in r.items()}

@@ -34,7 +34,7 @@ from murmura.algorithms.base import (
     make_algorithm,
 )
 from murmura.algorithms.rules import global_average_weights
-from murmura.metrics.evaluation import consensus_distance, evaluate_model, evaluate_nodes
+from murmura.metrics.evaluation import evaluate_model, evaluate_nodes
 from murmura.metrics.history import History
 from murmura.models import build_model, check_functional
 from murmura.swarm.batches import BatchSampler
@@ -151,6 +151,9 @@ class Simulation:
 
         self.topology = self._make_topology(topology, topology_kwargs)
 
+        # The nodes whose rows this process holds: all of them here; a contiguous block of
+        # them in a sharded simulation (murmura.dist).
+        self.first_node, self.last_node = self._node_range()
         self.params = self._initial_params(same_init)
         n, d = self.params.shape
         self.local_state = {
@@ -184,6 +187,7 @@ class Simulation:
         self.total_rounds: int | None = None
         self.history = History()
         self._wall = 0.0
+        self._sent_before = self._received_before = 0.0
 
     # ---------------------------------------------------------------- setup
 
@@ -223,18 +227,25 @@ class Simulation:
             )
         return topology
 
+    def _node_range(self) -> tuple[int, int]:
+        return 0, self.num_nodes
+
+    @property
+    def local_nodes(self) -> int:
+        """How many nodes' rows this process holds."""
+        return self.last_node - self.first_node
+
     def _initial_params(self, same_init: bool) -> torch.Tensor:
-        n = self.num_nodes
         template = self._cpu_template
         if same_init:
             row = self.spec.flatten(template).to(self.device)
-            return row.unsqueeze(0).repeat(n, 1)
+            return row.unsqueeze(0).repeat(self.local_nodes, 1)
         # One draw per node on the CPU, seeded by (seed, node): the same whatever the node
         # order or device.
         model = copy.deepcopy(template)
         rows = []
         with torch.random.fork_rng(devices=[]):
-            for node in range(n):
+            for node in range(self.first_node, self.last_node):
                 key = uniform(self.seed, "init", torch.tensor([node]), dtype=torch.float64)
                 torch.manual_seed(int(key.item() * 2**62))
                 for module in model.modules():
@@ -330,7 +341,11 @@ class Simulation:
         draw is keyed by node."""
         ids = participants
         if ids is None:
-            ids = torch.arange(self.num_nodes, device=self.device)
+            ids = torch.arange(self.first_node, self.last_node, device=self.device)
+        elif self.local_nodes != self.num_nodes:
+            ids = ids[(ids >= self.first_node) & (ids < self.last_node)]
+        if len(ids) == 0:
+            return ids, False
         sizes = self.data.sizes[ids]
         uneven = self.sampler.epochs is not None and bool((sizes != sizes[0]).any())
         if uneven:
@@ -374,8 +389,8 @@ class Simulation:
         ids, contiguous = self._order(participants)
         for start in range(0, len(ids), self.chunk_size):
             stop = min(start + self.chunk_size, len(ids))
-            where: Any = slice(start, stop) if contiguous else ids[start:stop]
             nodes = ids[start:stop]
+            where: Any = slice(start, stop) if contiguous else nodes - self.first_node
             # The block's whole round of minibatches in one vectorized call (hashing is cheap
             # per element, costly per call).
             num_steps = self.sampler.num_steps(nodes)
@@ -452,8 +467,7 @@ class Simulation:
         participants = algo.participation.select(ctx)
         self.train(participants, self.round)
         t1 = time.perf_counter()
-        sent_before = float(self.bytes_sent.sum())
-        received_before = float(self.bytes_received.sum())
+        sent_before, received_before = self._sent_before, self._received_before
         action = algo.schedule.action(self.round, total_rounds)
         if action == "communicate":
             plan = algo.communication.plan(ctx, participants, self.topology, self.data.sizes)
@@ -467,16 +481,17 @@ class Simulation:
         record: dict[str, Any] = {"round": self.round, "communicated": action}
         if self._should_evaluate(total_rounds):
             record.update(self.evaluate())
-        sent = self.bytes_sent
+        sent_total, received_total, sent_max, received_max = self._ledger_totals()
+        n = self.num_nodes
         record.update(
-            bytes_sent=float(sent.sum()) - sent_before,
-            bytes_received=float(self.bytes_received.sum()) - received_before,
-            bytes_sent_total=float(sent.sum()),
-            bytes_sent_per_node_mean=float(sent.mean()),
-            bytes_sent_per_node_max=float(sent.max()),
-            bytes_received_total=float(self.bytes_received.sum()),
-            bytes_received_per_node_mean=float(self.bytes_received.mean()),
-            bytes_received_per_node_max=float(self.bytes_received.max()),
+            bytes_sent=sent_total - sent_before,
+            bytes_received=received_total - received_before,
+            bytes_sent_total=sent_total,
+            bytes_sent_per_node_mean=sent_total / n,
+            bytes_sent_per_node_max=sent_max,
+            bytes_received_total=received_total,
+            bytes_received_per_node_mean=received_total / n,
+            bytes_received_per_node_max=received_max,
             server_bytes_sent_total=self.server_bytes_sent,
             train_seconds=t1 - t0,
             comm_seconds=t2 - t1,
@@ -485,8 +500,15 @@ class Simulation:
         self._wall += round_seconds
         record.update(round_seconds=round_seconds, wall_seconds=self._wall)
         self.history.append(record)
+        self._sent_before, self._received_before = sent_total, received_total
         self.round += 1
         return record
+
+    def _ledger_totals(self) -> tuple[float, float, float, float]:
+        """Bytes sent and received by all nodes, and by the busiest node, so far."""
+        sums = self._all_sum(torch.stack([self.bytes_sent.sum(), self.bytes_received.sum()]))
+        maxes = self._all_max(torch.stack([self.bytes_sent.max(), self.bytes_received.max()]))
+        return float(sums[0]), float(sums[1]), float(maxes[0]), float(maxes[1])
 
     def run(
         self,
@@ -558,6 +580,7 @@ class Simulation:
         self.server_bytes_sent = float(values.get("server_bytes_sent", 0.0))
         self._wall = float(values.get("wall_seconds", 0.0))
         self.history = History(values.get("history", []))
+        self._sent_before, self._received_before, _, _ = self._ledger_totals()
 
     # ---------------------------------------------------------------- measurement
 
@@ -598,7 +621,9 @@ class Simulation:
         return self._wall
 
     def average_params(self) -> torch.Tensor:
-        return self.params.mean(dim=0)
+        """x̄ = (1/n) sum_i x_i, summed in float64."""
+        total = self._all_sum(self.params.sum(dim=0, dtype=torch.float64))
+        return (total / self.num_nodes).to(self.params.dtype)
 
     def evaluate(self) -> dict[str, float]:
         dataset = self.data.dataset
@@ -612,7 +637,7 @@ class Simulation:
             self.evaluation.test_batch_size,
         )
         result = {"test_accuracy": acc, "test_loss": loss}
-        distance = consensus_distance(self.params)
+        distance = self._consensus_distance()
         if not math.isfinite(distance):
             self._check_finite(last_round=self.round)
         result["consensus_distance"] = distance
@@ -622,18 +647,43 @@ class Simulation:
             if distance == 0.0:  # all nodes hold the same model: evaluate it once
                 node_acc = evaluate_nodes(
                     self.model, self.spec, self.params[:1], x, y, self.buffers
-                )
+                ).expand(self.local_nodes)
             else:
                 node_acc = evaluate_nodes(
                     self.model, self.spec, self.params, x, y, self.buffers,
                     self._eval_chunk_size(len(y)),
                 )
+            total = self._all_sum(node_acc.sum(dtype=torch.float64).reshape(1))
             result.update(
-                node_accuracy_mean=float(node_acc.mean()),
-                node_accuracy_min=float(node_acc.min()),
-                node_accuracy_max=float(node_acc.max()),
+                node_accuracy_mean=float(total) / self.num_nodes,
+                node_accuracy_min=float(self._all_min(node_acc.min().reshape(1))),
+                node_accuracy_max=float(self._all_max(node_acc.max().reshape(1))),
             )
         return result
+
+    # Reductions over every node's row. One process holds them all, so these are identities;
+    # a sharded simulation (murmura.dist) reduces across processes.
+
+    def _all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def _all_min(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def _all_max(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def any_process(self, flag: bool) -> bool:
+        """Whether ``flag`` holds in any process of the simulation (this one, unsharded)."""
+        return bool(self._all_max(torch.tensor([float(flag)], device=self.device)) > 0)
+
+    def _consensus_distance(self) -> float:
+        mean = self.average_params()
+        total = torch.zeros(1, dtype=torch.float64, device=self.device)
+        for start in range(0, self.local_nodes, 1024):
+            block = self.params[start : start + 1024] - mean
+            total += torch.linalg.vector_norm(block, dim=1, dtype=torch.float64).square().sum()
+        return float(self._all_sum(total)) / self.num_nodes
 
     def check_finite(self) -> None:
         """Raise NonFiniteError naming the nodes whose parameters are NaN or Inf."""
@@ -643,8 +693,9 @@ class Simulation:
         # Checked on evaluation rounds and at the end of a run, not every round: it reads the
         # whole state, and a NaN, once there, spreads to every model it is averaged into.
         finite = torch.isfinite(self.params).all(dim=1)
-        if not bool(finite.all()):
-            bad = torch.nonzero(~finite).flatten()[:5].tolist()
+        bad_count = self._all_sum((~finite).sum(dtype=torch.float64).reshape(1))
+        if float(bad_count) > 0:
+            bad = (torch.nonzero(~finite).flatten()[:5] + self.first_node).tolist()
             when = self.round - 1 if last_round is None else last_round
             raise NonFiniteError(
                 f"after round {when}: the parameters of nodes {bad} are NaN or Inf "
