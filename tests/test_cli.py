@@ -402,3 +402,102 @@ def test_every_example_runs(path, tmp_path):
         overrides.append("data.partition=iid")
     result = run_experiment(exp.with_overrides(overrides), tmp_path / "run", progress=False)
     assert result.status == "completed" and len(result.history) == 2
+
+
+def test_demo_never_empties_a_folder_it_did_not_write(tmp_path, capsys):
+    (tmp_path / "fedavg").mkdir()
+    (tmp_path / "fedavg" / "notes.txt").write_text("mine")
+    assert main(["demo", "--rounds", "1", "--nodes", "4", "--out", str(tmp_path)]) == 2
+    assert "did not write" in capsys.readouterr().err
+    assert (tmp_path / "fedavg" / "notes.txt").read_text() == "mine"
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["demo", "--rounds", "1", "--nodes", "4", "--out", str(afile)]) == 2
+
+
+def test_paths_that_are_files_are_clear_errors(tmp_path, capsys):
+    config = tiny(tmp_path, rounds=1)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["run", str(config), "--out", str(afile)]) == 2
+    assert main(["run", str(config), "--out", str(afile / "sub")]) == 2
+    assert main(["sweep", str(config), "--out", str(afile)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "afile" in err
+
+
+def test_resume_refuses_a_config_edited_after_the_checkpoints(tmp_path, capsys):
+    config = tiny(tmp_path, rounds=4, checkpoint_every=2)
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out), "--quiet"]) == 0
+    edited = (out / "config.toml").read_text().replace("lr = 0.1", "lr = 0.5")
+    (out / "config.toml").write_text(edited)
+    assert main(["run", "--resume", str(out), "--quiet"]) == 2
+    assert "algorithm.lr" in capsys.readouterr().err
+
+
+def test_resume_skips_a_truncated_checkpoint(tmp_path, uninterrupted):
+    config = tiny(tmp_path, **LONG)
+    run_dir = tmp_path / "run"
+    run_experiment(Experiment.from_toml(config), run_dir, progress=False)
+    checkpoints = RunDirectory(run_dir).checkpoints()
+    assert [r for r, _ in checkpoints] == [190, 200]
+    checkpoints[-1][1].write_bytes(checkpoints[-1][1].read_bytes()[:100])  # cut short
+    resumed = run_experiment(RunDirectory(run_dir).experiment(), run_dir, resume=True,
+                             progress=False)
+    for key in COMPARED:
+        assert resumed.final[key] == uninterrupted[key], key
+
+
+def test_a_killed_runs_report_shows_the_rounds_it_finished(tmp_path):
+    from murmura.report import load_run
+
+    config = tiny(tmp_path, rounds=6, checkpoint_every=4)
+    run_dir = tmp_path / "run"
+    run_experiment(Experiment.from_toml(config), run_dir, progress=False)
+    (run_dir / "metrics.csv").unlink()
+    assert len(load_run(run_dir).metrics["round"]) == 6  # from metrics.jsonl
+
+
+def test_divergence_is_caught_before_a_checkpoint(tmp_path):
+    config = tiny(tmp_path, rounds=30, every=0, checkpoint_every=5)
+    exp = Experiment.from_toml(config).with_overrides(["algorithm.lr=1e20"])
+    result = run_experiment(exp, tmp_path / "run", progress=False)
+    assert result.status == "failed" and "NaN" in result.summary["message"]
+    for _, path in RunDirectory(tmp_path / "run").checkpoints():
+        tensors, _ = RunDirectory(tmp_path / "run").load_checkpoint(path)
+        assert bool(tensors["params"].isfinite().all())
+
+
+def test_sweep_records_a_broken_run_and_keeps_the_others(tmp_path, monkeypatch):
+    import murmura.runner.run as run_module  # the sweep's worker looks it up at each run
+
+    original = run_module.run_experiment
+
+    def flaky(exp, run_dir, **kwargs):
+        if exp.algorithm.params["lr"] == 0.2:
+            raise RuntimeError("boom")
+        return original(exp, run_dir, **kwargs)
+
+    monkeypatch.setattr(run_module, "run_experiment", flaky)
+    config = tiny(tmp_path, rounds=1, checkpoint_every=0)
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(config), "--grid", "algorithm.lr=0.05,0.2", "--out", str(out)]) == 1
+    with (out / "sweep.csv").open() as fh:
+        rows = {r["algorithm.lr"]: r["status"] for r in csv.DictReader(fh)}
+    assert rows == {"0.05": "completed", "0.2": "failed"}
+    assert main(["sweep", str(config), "--grid", "algorithm.lr=0.3", "--out", str(out)]) == 2
+
+
+def test_sweep_folder_names_never_collide():
+    from murmura.runner.sweep import _folder_name
+
+    assert _folder_name('description=a b') != _folder_name('description=a/b')
+    long_a, long_b = "x" * 150 + "a", "x" * 150 + "b"
+    assert _folder_name(long_a) != _folder_name(long_b)
+    assert _folder_name("algorithm.lr=0.1") == "algorithm.lr=0.1"
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("murmura ")

@@ -113,6 +113,16 @@ BAD_CONFIGS = [
     ({"engine": {"chunk_size": 0}}, ["engine.chunk_size", ">= 1"]),
     ({"imports": ["no_such_module_xyz"]}, ["imports", "no_such_module_xyz"]),
     ({"imports": "x"}, ["imports", "list"]),
+    ({"rounds": "3"}, ["rounds", "integer"]),
+    ({"seed": True}, ["seed", "integer"]),
+    ({"data": {"nodes": True}}, ["data.nodes", "integer"]),
+    ({"data": {"nodes": 4.0}}, ["data.nodes", "integer"]),
+    ({"output": {"plots": 0}}, ["output.plots", "boolean"]),
+    ({"algorithm": {"name": "fedavg", "lr": "0.1"}}, ["lr", "float"]),
+    ({"engine": {"device": "tpu"}}, ["engine", "device", "cpu"]),
+    ({"engine": {"device": "banana"}}, ["engine", "not a torch device"]),
+    ({"algorithm": "dsgd", "topology": {"name": "ring", "wieghts": "uniform"}},
+     ["did you mean 'weights'"]),
 ]
 
 
@@ -209,3 +219,17 @@ def test_reference_pages_are_generated_from_the_code():
     fix = "regenerate them: python -m murmura.config.reference docs"
     assert (REPO / "docs" / "configuration.md").read_text() == configuration_markdown(), fix
     assert (REPO / "docs" / "cli.md").read_text() == cli_markdown(), fix
+
+
+def test_cuda_without_a_gpu_is_refused():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match="no usable CUDA device"):
+        Experiment.from_dict({"engine": {"device": "cuda"}})
+
+
+def test_ints_are_accepted_where_floats_are():
+    exp = Experiment.from_dict({"algorithm": {"name": "fedavg", "lr": 1, "local_epochs": 2}})
+    assert exp.algorithm.params["lr"] == 1.0

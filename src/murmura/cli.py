@@ -59,8 +59,9 @@ def _guard(fn: Any) -> Any:
             return fn(*args, **kwargs)
         except (ConfigError, RunError, DataNotFoundError, RegistryError, UserError) as error:
             _fail(str(error))
-        except FileNotFoundError as error:
-            _fail(str(error))
+        except OSError as error:  # a path that is a file, unwritable, missing, ...
+            where = f": {error.filename}" if error.filename else ""
+            _fail(f"{error.strerror or error}{where}")
 
     return wrapper
 
@@ -157,10 +158,13 @@ def sweep(
 
     experiment = _load(config, set_)
     parsed_grid = parse_grid(grid or [])
-    seed_list = parse_seeds(seeds) if seeds else [experiment.seed]
+    seed_list = parse_seeds(seeds) if seeds is not None else [experiment.seed]
     target = out or Path(experiment.output.dir) / f"{experiment.name}-sweep"
-    runs = run_sweep(experiment, parsed_grid, seed_list, target, workers=workers,
-                     console=err_console)
+    try:
+        runs = run_sweep(experiment, parsed_grid, seed_list, target, workers=workers,
+                         console=err_console)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
     out_console.print(f"sweep written to {target} (sweep.csv, sweep_summary.json)")
     try:
         from murmura.report import build_comparison_report
@@ -186,7 +190,9 @@ def demo(
     """The embedded comparison, offline: FedAvg vs ring D-SGD vs ring D-SGD + final merge."""
     from murmura.demo import run_demo
 
-    run_demo(rounds=rounds, nodes=nodes, seed=seed, console=out_console, out=out)
+    results = run_demo(rounds=rounds, nodes=nodes, seed=seed, console=out_console, out=out)
+    if any(r.get("status") == "interrupted" for r in results):
+        raise typer.Exit(130)
 
 
 def _signature_text(obj: Any, supplied: tuple[str, ...]) -> str:
@@ -270,7 +276,9 @@ def compare(
     except ReportError as error:
         raise UserError(str(error)) from None
     table = Table(title="comparison")
-    columns = list(rows[0]) if rows else []
+    shown = ["label", "status", "algorithm", "topology", "nodes", "rounds_done",
+             "test_accuracy", "node_accuracy_mean", "mb_sent_per_node", "seconds"]
+    columns = [c for c in shown if rows and c in rows[0]]
     for column in columns:
         table.add_column(column.replace("_", " "), justify="left" if column == "name" else "right")
     for row in rows:
@@ -302,6 +310,22 @@ def report(
     except ReportError as error:
         raise UserError(str(error)) from None
     out_console.print(f"report: {path}")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from murmura import __version__
+
+        out_console.print(f"murmura {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """Decentralized and federated learning experiments: one TOML file, one command."""
 
 
 def main(argv: list[str] | None = None) -> int:

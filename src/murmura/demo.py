@@ -75,6 +75,30 @@ def demo_experiments(rounds: int | None = None, nodes: int = 32, seed: int = 0
     return experiments
 
 
+MARKER = ".murmura-demo"
+
+
+def _claim(out: Path, arms: list[str]) -> None:
+    """Make ``out`` the demo's folder, replacing an earlier demo's runs: only a folder the demo
+    created (it holds a marker file) is ever emptied, so no user run can be deleted."""
+    import shutil
+
+    from murmura.runner import RunError
+
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file: give a folder for the demo's runs")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise RunError(
+            f"{out} already holds files the demo did not write: give the demo its own folder "
+            "(--out runs/demo)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by murmura demo; rerunning the demo replaces this folder\n")
+    for slug in arms:
+        if (out / slug).is_dir():
+            shutil.rmtree(out / slug)
+
+
 def run_demo(
     rounds: int | None = None,
     nodes: int = 32,
@@ -95,17 +119,16 @@ def run_demo(
         f"mlp {first.model.params['hidden']}, {first.rounds} rounds of "
         f"{first.algorithm.params['local_steps']} local steps"
     )
+    _claim(out, [slug for slug, _ in experiments])
     results, run_dirs = [], []
     for (slug, exp), (label, *_rest) in zip(experiments, ARMS):
-        target = out / slug
-        if target.exists():
-            import shutil
-
-            shutil.rmtree(target)  # the demo's own folders: rerunning it replaces them
-        result = run_experiment(exp, target, console=console)
+        result = run_experiment(exp, out / slug, console=console)
         run_dirs.append(result.run_dir)
-        results.append(dict(arm=label, seconds=result.summary["seconds"],
+        results.append(dict(arm=label, seconds=result.summary["seconds"], status=result.status,
                             run_dir=str(result.run_dir), **result.final))
+        if result.status != "completed":
+            console.print(f"demo stopped: {label} is {result.status}")
+            return results
     table = Table(title="final round")
     for column in ("algorithm", "avg-model acc", "mean node acc", "MB sent / node", "seconds"):
         table.add_column(column, justify="left" if column == "algorithm" else "right")

@@ -46,7 +46,8 @@ LOGGERS = ("tensorboard", "wandb", "mlflow")
 class Section(BaseModel):
     """A fixed set of keys; anything else is a mistake the user should hear about."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: "3" is not a number and true is not a count; ints are accepted where floats are
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class Component(BaseModel):
@@ -92,15 +93,16 @@ class Component(BaseModel):
                     + _supplied_hint(key)
                 )
             if key not in accepted and not takes_any:
+                options = accepted + list(type(self).model_fields.keys() - {"name"})
                 raise ValueError(
                     f"{self.kind} {self.name!r} has no parameter {key!r}"
-                    + _did_you_mean(key, accepted)
-                    + f"; its parameters: {', '.join(accepted) or '(none)'}"
+                    + _did_you_mean(key, options)
+                    + f"; its parameters: {', '.join(options) or '(none)'}"
                 )
             hint = hints.get(key)
             if hint is not None:
                 try:
-                    coerced = TypeAdapter(hint).validate_python(value)
+                    coerced = TypeAdapter(hint).validate_python(value, strict=True)
                 except ValidationError:
                     raise ValueError(
                         f"{self.kind} {self.name!r}: {key} = {value!r} is not a valid "
@@ -342,6 +344,25 @@ class EngineConfig(Section):
     )
     same_init: bool = Field(True, description="every node starts from the same initial model")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
+
+    @model_validator(mode="after")
+    def _check_device(self) -> EngineConfig:
+        import torch
+
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, ValueError):
+            raise ValueError(
+                f"device: {self.device!r} is not a torch device; use cpu, cuda or cuda:N"
+            ) from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"device: {self.device!r} but this torch has no usable CUDA device "
+                f"(torch {torch.__version__}); use device = \"cpu\""
+            )
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device: {self.device!r}: murmura runs on cpu or cuda devices")
+        return self
 
 
 class OutputConfig(Section):

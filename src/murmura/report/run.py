@@ -167,6 +167,11 @@ def load_run(run_dir: str | os.PathLike[str]) -> Run:
     summary = _read_json(summary_file)
     topology = _read_json(path / "topology.json")
     metrics = _read_metrics(metrics_file)
+    # metrics.jsonl gains a line every round; metrics.csv is rewritten at checkpoints and at the
+    # end, so a killed run's jsonl is the longer, truer record
+    appended = _read_jsonl(path / "metrics.jsonl")
+    if len(appended.get("round", [])) > len(metrics.get("round", [])):
+        metrics = appended
     name = _first_str(config.get("name"), summary.get("name")) or path.resolve().name
     return Run(name, path, config, summary, metrics, topology)
 
@@ -212,6 +217,20 @@ def _read_metrics(file: Path) -> dict[str, list[Any]]:
     except (csv.Error, UnicodeDecodeError) as err:
         raise ReportError(f"{file}: not a readable CSV file ({err})") from err
     return columns
+
+
+def _read_jsonl(file: Path) -> dict[str, list[Any]]:
+    if not file.is_file():
+        return {}
+    rows = []
+    for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # the last line of a killed run may be cut short
+            break
+    rows = [r for r in rows if isinstance(r, dict)]
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return {k: [_cell(str(r[k])) if r.get(k) is not None else None for r in rows] for k in keys}
 
 
 def _cell(text: str) -> Any:

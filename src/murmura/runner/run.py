@@ -90,6 +90,27 @@ def build_simulation(experiment: Experiment, backend: str | None = None) -> Any:
     )
 
 
+def _identity(experiment: Experiment) -> dict[str, Any]:
+    """The settings a checkpoint's numbers depend on (not where or how it is written)."""
+    values = experiment.to_dict()
+    for key in ("provenance", "output", "description", "name"):
+        values.pop(key, None)
+    values.get("engine", {}).pop("backend", None)
+    values.get("engine", {}).pop("device", None)
+    values.get("engine", {}).pop("threads", None)
+    values.get("engine", {}).pop("chunk_size", None)
+    return values
+
+
+def _changed_settings(saved: dict[str, Any] | None, experiment: Experiment) -> list[str]:
+    if saved is None:
+        return []
+    from murmura.runner.loggers import flat_config
+
+    before, now = flat_config(saved), flat_config(_identity(experiment))
+    return sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+
+
 class _StopFlag:
     """First Ctrl-C: finish the round, checkpoint, write everything, stop. Second: stop now
     (the last checkpoint and every finished round are already on disk)."""
@@ -192,7 +213,7 @@ def _run(
         simulation = build_simulation(experiment, backend)
     except ConfigError:
         raise
-    except (ValueError, TypeError, OSError) as error:
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError) as error:
         raise RunError(f"cannot build the simulation: {error}") from None
     if not resume and writer:
         try:
@@ -206,14 +227,32 @@ def _run(
     if resume:
         assert directory is not None
         checkpoints = directory.checkpoints()
-        if checkpoints:
-            done, path = checkpoints[-1]
+        loaded, done, path = None, 0, None
+        for candidate_round, candidate in reversed(checkpoints):
             try:
-                tensors, values = directory.load_checkpoint(path)
+                loaded = directory.load_checkpoint(candidate)
+                done, path = candidate_round, candidate
+                break
+            except Exception as error:  # a checkpoint cut short by a crash: try the one before
+                console.print(
+                    f"[yellow]warning[/]: skipping unreadable checkpoint {candidate}: {error}"
+                )
+        if loaded is not None:
+            tensors, values = loaded
+            changed = _changed_settings(values.get("experiment"), experiment)
+            if changed:
+                raise RunError(
+                    f"{directory.path}/config.toml differs from the configuration its checkpoints "
+                    f"were computed with ({', '.join(changed)}); resuming would mix two "
+                    "experiments: restore those keys, or start a new run"
+                )
+            try:
                 simulation.load_state_dict(tensors, values)
             except (ValueError, OSError) as error:
                 raise RunError(f"cannot resume from {path}: {error}") from None
             console.print(f"resuming {directory.path} from round {done} of {total}")
+        elif checkpoints:
+            raise RunError(f"no readable checkpoint in {directory.checkpoint_dir}")
         else:
             console.print(f"{directory.path} has no checkpoint yet: starting it from round 0")
         if out is not None:
@@ -231,9 +270,14 @@ def _run(
                           simulation.wall_seconds)
 
     def checkpoint() -> None:
-        state = simulation.state_dict()  # collective in a sharded run: every rank calls it
+        tensors, values = simulation.state_dict()  # collective in a sharded run
+        values["experiment"] = _identity(experiment)
         if out is not None:
-            out.save_state(simulation.round, *state, keep=keep)
+            out.save_state(simulation.round, tensors, values, keep=keep)
+            # a killed run still shows its progress to `murmura report` and `compare`
+            out.write_metrics_csv(simulation.history)
+            out.write_summary("running", simulation.history, total, simulation.summary(),
+                              simulation.wall_seconds)
 
     display = RunProgress(console, experiment.name, total, simulation.round, enabled=progress)
     try:
@@ -247,6 +291,7 @@ def _run(
                 for logger in loggers:
                     logger.log(metrics, record["round"])
                 if every and simulation.round % every == 0 and simulation.round < total:
+                    simulation.check_finite()  # never save a diverged state
                     checkpoint()
                 if simulation.any_process(stop.requested):  # every rank stops at one round
                     break
@@ -258,6 +303,8 @@ def _run(
         status, mid_round = "interrupted", True
     except FloatingPointError as error:  # NonFiniteError: the history so far is kept
         status, message = "failed", str(error)
+    except RuntimeError as error:  # e.g. an overflow inside torch: keep what was computed
+        status, message = "failed", f"{type(error).__name__}: {error}"
     finally:
         for logger in loggers:
             logger.close()
@@ -274,9 +321,10 @@ def _run(
             status, simulation.history, total, simulation.summary(), seconds, message
         )
         if status == "interrupted":
+            saved = out.checkpoints()[-1][0] if out.checkpoints() else 0
             console.print(
-                f"stopped after round {simulation.round} of {total}; continue with: "
-                f"murmura run --resume {out.path}"
+                f"stopped after round {simulation.round} of {total}; continue from round "
+                f"{saved} with: murmura run --resume {out.path}"
             )
         if experiment.output.plots or experiment.output.report:
             write_figures(out.path, report=experiment.output.report, console=console)

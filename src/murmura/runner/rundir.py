@@ -107,7 +107,12 @@ class RunDirectory:
         else:
             target = Path(path)
             cls.check_free(target)
-        target.mkdir(parents=True, exist_ok=True)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise FileExistsError(
+                f"cannot create the run directory {target}: {error.strerror}"
+            ) from None
         run = cls(target)
         resolved = experiment.model_copy(update={"provenance": provenance(command)})
         (target / "config.toml").write_text(
@@ -121,7 +126,9 @@ class RunDirectory:
     def check_free(path: str | Path) -> None:
         """A run may be written at ``path``: absent, or an empty folder."""
         target = Path(path)
-        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        if target.exists() and not target.is_dir():
+            raise FileExistsError(f"{target} is a file: give a folder for the run directory")
+        if target.exists() and any(target.iterdir()):
             raise FileExistsError(
                 f"{target} already exists and is not empty: choose another --out, or "
                 f"continue that run with: murmura run --resume {target}"

@@ -74,6 +74,8 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
 
 
 def parse_seeds(text: str) -> list[int]:
+    if not text.strip():
+        raise ConfigError(["--seeds is empty: give seeds separated by commas, e.g. --seeds 0,1,2"])
     try:
         seeds = [int(s) for s in split_top_level(text)]
     except ValueError:
@@ -141,9 +143,16 @@ def plan_sweep(
 
 
 def _folder_name(label: str) -> str:
+    """A folder name for a setting; labels that had to be changed or cut get a hash of the
+    full label, so two settings never share a folder."""
+    import hashlib
     import re
 
-    return re.sub(r"[^A-Za-z0-9.=,_-]+", "_", label)[:120]
+    name = re.sub(r"[^A-Za-z0-9.=,_-]+", "_", label)
+    if name != label or len(name) > 100:
+        digest = hashlib.sha1(label.encode()).hexdigest()[:8]
+        name = f"{name[:100]}-{digest}"
+    return name
 
 
 def _run_one(exp_dict: dict[str, Any], run_dir: str) -> dict[str, Any]:
@@ -153,8 +162,13 @@ def _run_one(exp_dict: dict[str, Any], run_dir: str) -> dict[str, Any]:
     exp = Experiment.from_dict(exp_dict)
     try:
         result = run_experiment(exp, run_dir, progress=False, console=Console(quiet=True))
-    except (ConfigError, RunError, ValueError, OSError) as error:
+    except KeyboardInterrupt:
+        return {"status": "interrupted", "final": {}, "seconds": 0.0, "message": "Ctrl-C"}
+    except (ConfigError, RunError) as error:
         return {"status": "failed", "final": {}, "seconds": 0.0, "message": str(error)}
+    except Exception as error:  # one broken run must not lose the sweep's finished ones
+        return {"status": "failed", "final": {}, "seconds": 0.0,
+                "message": f"{type(error).__name__}: {error}"}
     return {
         "status": result.status,
         "final": result.final,
@@ -177,28 +191,48 @@ def run_sweep(
     console = console or Console(stderr=True)
     out = Path(out)
     planned = plan_sweep(experiment, grid, seeds, out)
-    existing = [run.run_dir for _, run in planned if run.run_dir.exists()]
-    if existing:
-        from murmura.runner.run import RunError
+    from murmura.runner.run import RunError
 
+    existing = [run.run_dir for _, run in planned if run.run_dir.exists()]
+    if (out / "sweep.csv").exists():
+        existing.insert(0, out / "sweep.csv")
+    if existing:
         raise RunError(f"{existing[0]} already exists: sweep into a new --out folder (or "
                        "delete it)")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunError(f"cannot create the sweep folder {out}: {error.strerror}") from None
     runs = [run for _, run in planned]
     console.print(f"sweep: {len(runs)} runs ({len(runs) // len(seeds)} settings x "
                   f"{len(seeds)} seeds) into {out}")
-    if workers <= 1:
-        for index, (exp, run) in enumerate(planned, 1):
-            _finish(run, _run_one(exp.to_dict(), str(run.run_dir)), console, index, len(runs))
-    else:
-        # spawn: a forked child would inherit torch's thread pools in an undefined state
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = {
-                pool.submit(_run_one, exp.to_dict(), str(run.run_dir)): run
-                for exp, run in planned
-            }
-            for index, future in enumerate(as_completed(futures), 1):
-                _finish(futures[future], future.result(), console, index, len(runs))
+    try:
+        if workers <= 1:
+            for index, (exp, run) in enumerate(planned, 1):
+                _finish(run, _run_one(exp.to_dict(), str(run.run_dir)), console, index,
+                        len(runs))
+                if run.status == "interrupted":
+                    raise KeyboardInterrupt
+        else:
+            # spawn: a forked child would inherit torch's thread pools in an undefined state
+            pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+            try:
+                futures = {
+                    pool.submit(_run_one, exp.to_dict(), str(run.run_dir)): run
+                    for exp, run in planned
+                }
+                for index, future in enumerate(as_completed(futures), 1):
+                    _finish(futures[future], future.result(), console, index, len(runs))
+                    if futures[future].status == "interrupted":
+                        raise KeyboardInterrupt
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+    except KeyboardInterrupt:
+        write_sweep_files(runs, out)
+        console.print(summary_table(runs))
+        console.print(f"sweep stopped by Ctrl-C: finished runs are summarized in {out}; an "
+                      "interrupted run continues with murmura run --resume RUN_DIR")
+        raise
     write_sweep_files(runs, out)
     console.print(summary_table(runs))
     return runs
