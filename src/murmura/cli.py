@@ -114,10 +114,22 @@ def run(
                                 command=sys.argv, backend=backend)
     if "final" in result.summary:
         _print_final(result)  # rank 0 of a sharded run, or the one process
-    if result.status == "failed":
-        raise typer.Exit(1)
-    if result.status == "interrupted":
-        raise typer.Exit(130)
+    code = {"failed": 1, "interrupted": 130}.get(result.status, 0)
+    if (backend or experiment.engine.backend) == "dist":
+        _leave_process(code)
+    if code:
+        raise typer.Exit(code)
+
+
+def _leave_process(code: int) -> None:
+    """End a torchrun worker without running C++ static destructors: gloo's threads can abort
+    the interpreter's exit ("terminate called without an active exception") after the run has
+    finished and written everything."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _print_final(result: Any) -> None:

@@ -172,6 +172,9 @@ def run_experiment(
         if created_group:
             import torch.distributed as dist
 
+            # every rank leaves together: a rank tearing its connections down while a peer
+            # still finishes the last collective aborts the peer (gloo)
+            dist.barrier()
             dist.destroy_process_group()
 
 
