@@ -1,0 +1,105 @@
+"""The engine on a GPU: one 10,000-node FedAvg round, its achieved FLOP/s against the device's
+fp32 matmul rate measured in the same run.
+
+FedAvg on Fashion-MNIST, MLP 784-200-10, one local epoch of batch 32 over 64 images per node
+(drawn at random, nodes overlapping: the training set has 60,000 images), plain SGD. FLOPs per
+sample: 2x the weights forward, 2x for the weight gradients, 2x all but the first layer's for the
+input gradients. TF32 is off, so the comparison is fp32 against fp32.
+
+    python benchmarks/gpu.py                    # needs CUDA
+    python benchmarks/gpu.py --device cpu --nodes 500    # the same measurement on the CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(device: torch.device, size: int) -> float:
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    out = torch.empty(size, size, device=device)
+    torch.mm(a, b, out=out)
+    synchronize(device)
+    times = []
+    for _ in range(10):
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / min(times)
+
+
+def mlp_step_flops(sizes: list[int]) -> int:
+    weights = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+    return 2 * sum(weights) + 2 * sum(weights) + 2 * sum(weights[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--nodes", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"no CUDA device (torch {torch.__version__}): run this on a GPU "
+                         "machine, or pass --device cpu")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+    import numpy as np
+
+    from murmura.data import FederatedData, load_dataset
+    from murmura.swarm import Evaluation, Simulation
+
+    dataset = load_dataset("fashion_mnist", download=False)
+    picks = np.random.default_rng(0).integers(0, dataset.num_train, size=(args.nodes, 64))
+    data = FederatedData.from_parts(dataset, list(picks))
+    sim = Simulation(data, "mlp", "fedavg", model_kwargs={"hidden": [200]}, device=device,
+                     algorithm_kwargs={"lr": 0.05, "local_epochs": 1.0, "batch_size": 32},
+                     evaluation=Evaluation(every=0), seed=0)
+    peak = matmul_rate(device, 8192 if device.type == "cuda" else 2048)
+    times = []
+    for _ in range(args.rounds):
+        synchronize(device)
+        start = time.perf_counter()
+        sim.step(args.rounds)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    best = min(times[1:] or times)
+    samples = int(data.sizes.sum())  # one epoch: every node's samples once
+    flops = samples * mlp_step_flops([784, 200, 10])
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    result = {
+        "device": name, "nodes": args.nodes, "round_seconds": times, "best_round_seconds": best,
+        "round_flops": flops, "achieved_flop_s": flops / best, "matmul_fp32_flop_s": peak,
+        "fraction_of_matmul_rate": flops / best / peak, "chunk_size": sim.chunk_size,
+        "torch": torch.__version__,
+    }
+    print(f"{name}: FedAvg MLP 784-200-10, {args.nodes:,} nodes, 1 epoch of 64 samples, batch 32")
+    print(f"  seconds per round: {', '.join(f'{t:.3f}' for t in times)} (best after the first "
+          f"{best:.3f}; {statistics.median(times):.3f} median)")
+    print(f"  achieved {flops / best / 1e12:.2f} TFLOP/s of {peak / 1e12:.2f} TFLOP/s fp32 matmul "
+          f"({100 * flops / best / peak:.1f} %), blocks of {sim.chunk_size} nodes")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Scale: 100,000 logistic-regression nodes gossiping, and 10,000 MLP nodes, on one machine.
+
+1. 100,000 nodes of logistic regression (784 -> 10) on Fashion-MNIST, D-SGD on a random
+   4-regular graph, one local step of minibatch 8 and one gossip per round. Reported against its
+   memory-traffic floor: the state read and written once by the local step and once by the
+   gossip, the optimizer reading the gradient once, and the minibatches read once, at the copy
+   bandwidth measured in the same process; peak memory against the state's size.
+2. 10,000 nodes of an MLP 784-200-10 with plain SGD (FedAvg, one local step of batch 32): does it
+   fit, and its peak memory.
+
+Fashion-MNIST has 60,000 training images, fewer than 100,000 nodes: each node gets 16 images
+drawn at random (nodes overlap), which is what the per-node work needs, a minibatch of 8.
+Each case runs in its own process so peak memory (max RSS) is its own.
+
+    python benchmarks/scale.py            # a few minutes, about 8 GB of memory at peak
+    python benchmarks/scale.py --quick    # 10,000 and 1,000 nodes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def copy_bandwidth(nbytes: int = 1 << 30) -> float:
+    """Bytes per second of a large tensor copy (read + write counted), best of 3."""
+    import torch
+
+    a = torch.empty(nbytes // 4)
+    a.fill_(1.0)
+    b = torch.empty_like(a)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        b.copy_(a)
+        best = min(best, time.perf_counter() - start)
+    return 2 * nbytes / best
+
+
+def overlapping_split(num_nodes: int, per_node: int, seed: int = 0):
+    import numpy as np
+
+    from murmura.data import FederatedData, load_dataset
+
+    dataset = load_dataset("fashion_mnist", download=False)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, dataset.num_train, size=(num_nodes, per_node))
+    return FederatedData.from_parts(dataset, list(picks))
+
+
+def case_logreg(num_nodes: int, rounds: int) -> dict:
+    import torch
+
+    from murmura.swarm import Evaluation, Simulation
+
+    data = overlapping_split(num_nodes, 16)
+    start = time.perf_counter()
+    sim = Simulation(data, "logreg", "dsgd", "random_regular", topology_kwargs={"k": 4},
+                     algorithm_kwargs={"lr": 0.05, "local_steps": 1, "batch_size": 8},
+                     evaluation=Evaluation(every=0), seed=0)
+    setup = time.perf_counter() - start
+    times = []
+    for _ in range(rounds):
+        record = sim.step(rounds)
+        times.append(record["round_seconds"])
+    n, d = sim.params.shape
+    state = n * d * 4
+    bandwidth = copy_bandwidth()
+    feature = 784 * 4
+    # step: read x, write x (update), read the gradient once; gossip: read x, write x;
+    # minibatches: 8 samples per node read once
+    traffic = 2 * state + state + 2 * state + n * 8 * feature
+    floor = traffic / bandwidth
+    best = min(times[1:]) if len(times) > 1 else times[0]
+    return {
+        "case": f"logreg D-SGD, {num_nodes:,} nodes, random 4-regular, batch 8, 1 step + gossip",
+        "nodes": n, "parameters": d, "state_gb": state / 1e9, "setup_seconds": setup,
+        "round_seconds": times, "best_round_seconds": best,
+        "bandwidth_gb_s": bandwidth / 1e9, "floor_seconds": floor, "ratio_to_floor": best / floor,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def case_mlp(num_nodes: int, rounds: int) -> dict:
+    from murmura.swarm import Evaluation, Simulation
+
+    data = overlapping_split(num_nodes, 64)
+    start = time.perf_counter()
+    sim = Simulation(data, "mlp", "fedavg", model_kwargs={"hidden": [200]},
+                     algorithm_kwargs={"lr": 0.05, "local_steps": 1, "batch_size": 32},
+                     evaluation=Evaluation(every=0), seed=0)
+    setup = time.perf_counter() - start
+    times = [sim.step(rounds)["round_seconds"] for _ in range(rounds)]
+    n, d = sim.params.shape
+    return {
+        "case": f"MLP 784-200-10 FedAvg, {num_nodes:,} nodes, batch 32, 1 step",
+        "nodes": n, "parameters": d, "state_gb": n * d * 4 / 1e9, "setup_seconds": setup,
+        "round_seconds": times, "best_round_seconds": min(times[1:] or times),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case here
+    args = parser.parse_args()
+    if args.case:
+        name, nodes, rounds = args.case.split(":")
+        result = (case_logreg if name == "logreg" else case_mlp)(int(nodes), int(rounds))
+        print("RESULT " + json.dumps(result))
+        return
+    cases = [("logreg", 10_000 if args.quick else 100_000, 4),
+             ("mlp", 1_000 if args.quick else 10_000, 3)]
+    results = []
+    for name, nodes, rounds in cases:
+        done = subprocess.run([sys.executable, __file__, "--case", f"{name}:{nodes}:{rounds}"],
+                              capture_output=True, text=True, env=os.environ.copy(), check=False)
+        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if done.returncode != 0 or line is None:
+            print(f"{name} with {nodes} nodes failed (exit {done.returncode}):\n"
+                  f"{done.stderr[-2000:]}")
+            continue
+        result = json.loads(line[len("RESULT "):])
+        results.append(result)
+        print(result["case"])
+        print(f"  state {result['state_gb']:.2f} GB, peak memory {result['peak_rss_gb']:.2f} GB "
+              f"({result['peak_rss_gb'] / result['state_gb']:.2f}x the state), set-up "
+              f"{result['setup_seconds']:.1f} s")
+        rounds_text = ", ".join(f"{t:.2f}" for t in result["round_seconds"])
+        print(f"  seconds per round: {rounds_text} (best after the first: "
+              f"{result['best_round_seconds']:.2f})")
+        if "floor_seconds" in result:
+            print(f"  memory-traffic floor {result['floor_seconds']:.2f} s at "
+                  f"{result['bandwidth_gb_s']:.1f} GB/s: {result['ratio_to_floor']:.2f}x the floor")
+    if args.json:
+        args.json.write_text(json.dumps({"cpus": os.cpu_count(), "results": results},
+                                        indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
