@@ -133,6 +133,13 @@ def uninterrupted(tmp_path_factory) -> dict:
     return result.final
 
 
+def start_run(config: Path, run_dir: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "murmura", "run", str(config), "--out", str(run_dir), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
 def _wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -149,10 +156,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted)
     rounds = LONG["rounds"]
     config = tiny(tmp_path, **LONG)
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "murmura", "run", str(config), "--out", str(run_dir), "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    proc = start_run(config, run_dir)
     try:
         _wait_for_checkpoint(proc, run_dir)
         proc.kill()  # SIGKILL: no handler runs, as when a machine dies
@@ -179,10 +183,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path, uninterrupted):
     rounds = LONG["rounds"]
     config = tiny(tmp_path, **LONG)
     run_dir = tmp_path / "stopped"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "murmura", "run", str(config), "--out", str(run_dir), "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    proc = start_run(config, run_dir)
     try:
         _wait_for_checkpoint(proc, run_dir)
         proc.send_signal(signal.SIGINT)

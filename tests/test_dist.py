@@ -17,6 +17,7 @@ import scipy.sparse as sp
 from murmura.cli import main
 from murmura.config import Experiment
 from murmura.dist import halo_plan, owner_of, shard_bounds
+from murmura.metrics.history import EVALUATED_COLUMNS
 from murmura.runner import RunDirectory, run_experiment
 from murmura.topology import make_topology
 
@@ -59,8 +60,7 @@ ARMS = {
     "dsgd": ('[topology]\nname = "random_regular"\nk = 4', 'name = "dsgd"'),
     "fedavg": ("", 'name = "fedavg"\nclients_per_round = 20'),
 }
-EVALUATED = ["test_accuracy", "test_loss", "consensus_distance", "node_accuracy_mean",
-             "node_accuracy_min", "node_accuracy_max"]
+EVALUATED = list(EVALUATED_COLUMNS)
 COUNTED = ["bytes_sent", "bytes_received", "bytes_sent_total", "bytes_sent_per_node_max",
            "bytes_received_per_node_max", "server_bytes_sent_total"]
 

@@ -17,6 +17,7 @@ import pytest
 import tomli_w
 from PIL import Image
 
+from murmura.metrics.history import EVALUATED_COLUMNS
 from murmura.report import (
     ReportError,
     Run,
@@ -30,14 +31,7 @@ from murmura.report.compare import run_labels
 from murmura.report.plots import FIGURES, planned_figures, stale_figures
 
 ALL_FIGURES = ["accuracy.png", "loss.png", "consensus.png", "node_spread.png", "topology.png"]
-EVAL_COLUMNS = [
-    "test_accuracy",
-    "test_loss",
-    "node_accuracy_mean",
-    "node_accuracy_min",
-    "node_accuracy_max",
-    "consensus_distance",
-]
+EVAL_COLUMNS = list(EVALUATED_COLUMNS)
 IMG_TAG = '<img src="data:image/png;base64,'
 
 

@@ -36,6 +36,13 @@ COLUMNS: dict[str, str] = {
 }
 
 
+# the columns only evaluation rounds fill (empty on the others)
+EVALUATED_COLUMNS: tuple[str, ...] = (
+    "test_accuracy", "test_loss", "node_accuracy_mean", "node_accuracy_min", "node_accuracy_max",
+    "consensus_distance",
+)
+
+
 class History:
     """A list of per-round records (dicts) with writers.
 

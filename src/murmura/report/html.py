@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from murmura.metrics.history import COLUMNS
+from murmura.metrics.history import EVALUATED_COLUMNS as EVALUATION_COLUMNS
 from murmura.report.compare import PathLike, compare_runs, load_runs
 from murmura.report.plots import FIGURES, make_plots, planned_figures, stale_figures
 from murmura.report.run import Run, load_run
@@ -52,14 +53,6 @@ BYTES_LABELS = {
     "bytes_received_per_node_max": "received by the busiest node",
 }
 
-EVALUATION_COLUMNS = (
-    "test_accuracy",
-    "test_loss",
-    "node_accuracy_mean",
-    "node_accuracy_min",
-    "node_accuracy_max",
-    "consensus_distance",
-)
 
 STATUS_COLORS = {
     "completed": "#1a7f37",

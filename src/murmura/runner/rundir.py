@@ -30,11 +30,10 @@ from safetensors.torch import load_file, save_file
 
 from murmura.config import ConfigError, Experiment
 from murmura.metrics.history import COLUMNS, History
+from murmura.metrics.history import EVALUATED_COLUMNS as EVALUATED
 
 CHECKPOINT = re.compile(r"round_(\d+)\.safetensors$")
 MAX_DRAWN_EDGES = 20000
-EVALUATED = ("test_accuracy", "test_loss", "node_accuracy_mean", "node_accuracy_min",
-             "node_accuracy_max", "consensus_distance")
 
 
 def git_commit() -> str | None:
