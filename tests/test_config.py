@@ -113,6 +113,8 @@ BAD_CONFIGS = [
     ({"engine": {"chunk_size": 0}}, ["engine.chunk_size", ">= 1"]),
     ({"imports": ["no_such_module_xyz"]}, ["imports", "no_such_module_xyz"]),
     ({"imports": "x"}, ["imports", "list"]),
+    ({"algorithm": {"name": "fedavg", "local_steps": 5, "local_epochs": 2.0}},
+     ["local_steps", "local_epochs", "exactly one"]),
     ({"rounds": "3"}, ["rounds", "integer"]),
     ({"seed": True}, ["seed", "integer"]),
     ({"data": {"nodes": True}}, ["data.nodes", "integer"]),

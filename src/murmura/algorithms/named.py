@@ -19,8 +19,10 @@ from murmura.algorithms.rules import (
 
 
 def _work(local_steps: int | None, local_epochs: float | None, batch_size: int) -> LocalWork:
-    if local_steps is not None:
-        local_epochs = None
+    """Local work per round: ``local_steps`` minibatches or ``local_epochs`` passes over the
+    node's data (one epoch when neither is given; giving both is refused by LocalWork)."""
+    if local_steps is None and local_epochs is None:
+        local_epochs = 1.0
     return LocalWork(batch_size=batch_size, steps=local_steps, epochs=local_epochs)
 
 
@@ -42,7 +44,7 @@ def fedavg(
     lr: float = 0.05,
     momentum: float = 0.0,
     weight_decay: float = 0.0,
-    local_epochs: float | None = 1.0,
+    local_epochs: float | None = None,
     local_steps: int | None = None,
     batch_size: int = 32,
     fraction: float | None = None,
@@ -74,7 +76,7 @@ def dsgd(
     momentum: float = 0.0,
     weight_decay: float = 0.0,
     local_steps: int | None = None,
-    local_epochs: float | None = 1.0,
+    local_epochs: float | None = None,
     batch_size: int = 32,
     communicate_every: int = 1,
     late_fraction: float | None = None,
@@ -119,7 +121,7 @@ def local_sgd(
     momentum: float = 0.0,
     weight_decay: float = 0.0,
     local_steps: int | None = None,
-    local_epochs: float | None = 1.0,
+    local_epochs: float | None = None,
     batch_size: int = 32,
     final_merge: bool = False,
 ) -> Algorithm:
