@@ -348,6 +348,9 @@ def write_figures(run_dir: Path, *, report: bool = True, console: Console | None
             build_report(run_dir)
         else:
             make_plots(run_dir)
+    except KeyboardInterrupt:  # the run itself is complete and written
+        if console is not None:
+            console.print(f"figures not drawn (Ctrl-C); draw them with: murmura report {run_dir}")
     except Exception as error:  # the metrics are written; a plotting problem must not lose them
         if console is not None:
             console.print(f"[yellow]warning[/]: could not draw the figures: {error}")
