@@ -11,7 +11,6 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
@@ -22,8 +21,15 @@ def _fmt(value: Any, pattern: str) -> str:
     return pattern.format(value)
 
 
-def describe(latest: dict[str, Any]) -> str:
-    """One line of the latest metrics."""
+def describe(latest: dict[str, Any], compact: bool = False) -> str:
+    """One line of the latest metrics (``compact`` for the live bar, which shares its line)."""
+    if compact:
+        return (
+            f"acc {_fmt(latest.get('test_accuracy'), '{:.1%}')} "
+            f"loss {_fmt(latest.get('test_loss'), '{:.3f}')} "
+            f"cons {_fmt(latest.get('consensus_distance'), '{:.1e}')} "
+            f"{_fmt(latest.get('mb_sent'), '{:.1f}')} MB"
+        )
     return (
         f"acc {_fmt(latest.get('test_accuracy'), '{:.2%}')}  "
         f"loss {_fmt(latest.get('test_loss'), '{:.3f}')}  "
@@ -45,14 +51,13 @@ class RunProgress:
         self.live = enabled and console.is_terminal
         self.latest: dict[str, Any] = {}
         self.every = max(1, total // 10)
+        # the round counter and ETA first, so a narrow terminal cuts the metrics, not them
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[metrics]}"),
-            TimeElapsedColumn(),
+            BarColumn(bar_width=12),
             TextColumn("eta"),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[metrics]}"),
             console=console,
             disable=not self.live,
         )
@@ -71,7 +76,8 @@ class RunProgress:
                 self.latest[key] = record[key]
         self.latest["mb_sent"] = record.get("bytes_sent_per_node_mean", 0.0) / 1e6
         line = describe(self.latest)
-        self.progress.update(self.task, completed=record["round"] + 1, metrics=line)
+        self.progress.update(self.task, completed=record["round"] + 1,
+                             metrics=describe(self.latest, compact=True))
         done = record["round"] + 1
         if self.enabled and not self.live and (done % self.every == 0 or done == self.total):
             self.console.print(f"round {done}/{self.total}  {line}")
