@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engine import mlp_step_flops  # noqa: E402  (the engine benchmark's FLOP count)
 
 
 def synchronize(device: torch.device) -> None:
@@ -42,11 +44,6 @@ def matmul_rate(device: torch.device, size: int) -> float:
         synchronize(device)
         times.append(time.perf_counter() - start)
     return 2 * size**3 / min(times)
-
-
-def mlp_step_flops(sizes: list[int]) -> int:
-    weights = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
-    return 2 * sum(weights) + 2 * sum(weights) + 2 * sum(weights[1:])
 
 
 def main() -> None:

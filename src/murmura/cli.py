@@ -220,14 +220,28 @@ def _signature_text(obj: Any, supplied: tuple[str, ...]) -> str:
     return ", ".join(parts)
 
 
-SUPPLIED = {
-    "algorithms": (),
-    "topologies": ("n", "seed"),
-    "datasets": ("root", "num_nodes", "seed"),
-    "partitions": ("labels", "num_nodes", "seed"),
-    "models": ("input_shape", "num_classes"),
-    "weights": ("graph", "src", "dst", "n", "degree"),
-}
+def _supplied() -> dict[str, tuple[str, ...]]:
+    """Per kind, the arguments murmura passes itself (the config schema's list), which
+    `list` therefore leaves out of a component's parameters."""
+    from murmura.config import (
+        AlgorithmChoice,
+        DatasetChoice,
+        ModelChoice,
+        PartitionChoice,
+        TopologyChoice,
+    )
+
+    return {
+        "algorithms": AlgorithmChoice.supplied,
+        "topologies": TopologyChoice.supplied,
+        "datasets": DatasetChoice.supplied,
+        "partitions": PartitionChoice.supplied,
+        "models": ModelChoice.supplied,
+        "weights": (),  # mixing rules' parameters are not listed
+    }
+
+
+SUPPLIED = _supplied()
 
 
 def registry_of(kind: str) -> Any:

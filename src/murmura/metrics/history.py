@@ -84,18 +84,21 @@ class History:
             writer = csv.DictWriter(fh, fieldnames=keys)
             writer.writeheader()
             for r in self.records:
-                writer.writerow({k: _plain(r.get(k)) for k in keys})
+                writer.writerow({k: plain(r.get(k)) for k in keys})
         return path
 
     def to_jsonl(self, path: str | Path) -> Path:
         path = Path(path)
         with path.open("w") as fh:
             for r in self.records:
-                fh.write(json.dumps({k: _plain(v) for k, v in r.items()}) + "\n")
+                fh.write(json.dumps({k: plain(v) for k, v in r.items()}) + "\n")
         return path
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A value as CSV and JSON can hold it: NaN and Inf become empty, 0-d tensors numbers."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return plain(value.item())
     return value

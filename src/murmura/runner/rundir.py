@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import subprocess
@@ -29,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from murmura.config import ConfigError, Experiment
-from murmura.metrics.history import COLUMNS, History
+from murmura.metrics.history import COLUMNS, History, plain
 from murmura.metrics.history import EVALUATED_COLUMNS as EVALUATED
 
 CHECKPOINT = re.compile(r"round_(\d+)\.safetensors$")
@@ -71,14 +70,6 @@ def provenance(command: list[str] | None = None) -> dict[str, Any]:
     if command:
         info["command"] = " ".join(command)
     return info
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, torch.Tensor):
-        return value.item()
-    return value
 
 
 class RunDirectory:
@@ -151,13 +142,13 @@ class RunDirectory:
 
     def append_record(self, record: dict[str, Any]) -> None:
         with (self.path / "metrics.jsonl").open("a") as fh:
-            fh.write(json.dumps({k: _plain(v) for k, v in record.items()}) + "\n")
+            fh.write(json.dumps({k: plain(v) for k, v in record.items()}) + "\n")
             fh.flush()
 
     def rewrite_records(self, history: History) -> None:
         with (self.path / "metrics.jsonl").open("w") as fh:
             for record in history:
-                fh.write(json.dumps({k: _plain(v) for k, v in record.items()}) + "\n")
+                fh.write(json.dumps({k: plain(v) for k, v in record.items()}) + "\n")
 
     def records(self) -> list[dict[str, Any]]:
         path = self.path / "metrics.jsonl"
@@ -261,7 +252,7 @@ class RunDirectory:
         path = self.checkpoint_dir / f"round_{rounds_done:06d}.safetensors"
         partial = path.with_suffix(".partial")
         cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        values = {**values, "history": [{k: _plain(v) for k, v in r.items()}
+        values = {**values, "history": [{k: plain(v) for k, v in r.items()}
                                         for r in values["history"]]}
         save_file(cpu, str(partial), metadata={"murmura": json.dumps(values)})
         os.replace(partial, path)  # a kill mid-write never leaves a half checkpoint behind
@@ -290,7 +281,7 @@ def final_metrics(history: History) -> dict[str, Any]:
             final.update({k: record[k] for k in EVALUATED if k in record})
             final["evaluated_round"] = record["round"]
             break
-    return {k: _plain(v) for k, v in final.items()}
+    return {k: plain(v) for k, v in final.items()}
 
 
 def _slug(name: str) -> str:
