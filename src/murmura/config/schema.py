@@ -343,6 +343,10 @@ class EngineConfig(Section):
         None, ge=1, description="nodes per vectorized block (default: sized by memory)"
     )
     same_init: bool = Field(True, description="every node starts from the same initial model")
+    fused: bool = Field(
+        True, description="plain SGD on a Linear/activation stack (mlp, logreg) takes the fused "
+        "step that accumulates gradients straight into the state; false: always vmap(grad)",
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
 
     @model_validator(mode="after")

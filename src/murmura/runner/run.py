@@ -87,6 +87,7 @@ def build_simulation(experiment: Experiment, backend: str | None = None) -> Any:
                               evaluation.test_batch_size),
         chunk_size=engine.chunk_size,
         same_init=engine.same_init,
+        fused=engine.fused,
     )
 
 

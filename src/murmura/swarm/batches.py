@@ -24,6 +24,14 @@ class Batch:
     weight: torch.Tensor | None  # float [c, B] of 0/1, or None when every sample counts
     active: torch.Tensor | None  # bool [c]: nodes that take this step (None: all)
 
+    def rows(self, start: int, stop: int) -> Batch:
+        """The minibatches of nodes ``start:stop`` (positions in the node list drawn for)."""
+        return Batch(
+            index=self.index[start:stop],
+            weight=None if self.weight is None else self.weight[start:stop],
+            active=None if self.active is None else self.active[start:stop],
+        )
+
 
 class BatchSampler:
     """Minibatch indices for any set of nodes, a pure function of (seed, node, round, step).

@@ -38,6 +38,7 @@ from murmura.metrics.evaluation import evaluate_model, evaluate_nodes
 from murmura.metrics.history import History
 from murmura.models import build_model, check_functional
 from murmura.swarm.batches import BatchSampler
+from murmura.swarm.fused import fused_step_for
 from murmura.swarm.memory import tune_allocator
 from murmura.swarm.params import ParamSpec
 from murmura.swarm.random import uniform
@@ -102,6 +103,7 @@ class Simulation:
         evaluation: Evaluation | None = None,
         chunk_size: int | None = None,
         same_init: bool = True,
+        fused: bool = True,
     ) -> None:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self._large_blocks = self.device.type == "cpu" and tune_allocator()
@@ -160,6 +162,8 @@ class Simulation:
             name: torch.zeros(n, d, device=self.device) for name in algorithm.local_rule.state_names
         }
         self._mix_buffer: torch.Tensor | None = None
+        self._workspace: dict[str, torch.Tensor] | None = None
+        self._batch_buffer: torch.Tensor | None = None
         self.bytes_sent = torch.zeros(n, dtype=torch.float64, device=self.device)
         self.bytes_received = torch.zeros(n, dtype=torch.float64, device=self.device)
         self.server_bytes_sent = 0.0
@@ -179,6 +183,9 @@ class Simulation:
                 f"chunk_size must be a positive number of nodes per block, got {chunk_size!r} "
                 "(or None to size blocks automatically)"
             )
+        # plain SGD on a linear stack: backprop written out, gradients accumulated straight
+        # into the state (murmura.swarm.fused); everything else goes through vmap(grad)
+        self._fused = fused_step_for(self.model, self.spec, algorithm.local_rule) if fused else None
         self.chunk_size = int(chunk_size) if chunk_size is not None else self._auto_chunk_size()
         self._grad_fn = vmap(algorithm.local_rule.gradient(self._loss))
         self._weighted_grad_fn = vmap(algorithm.local_rule.gradient(self._weighted_loss))
@@ -388,19 +395,33 @@ class Simulation:
             for buf in self.local_state.values():
                 buf.zero_()
         ids, contiguous = self._order(participants)
+        # The round's minibatches in one vectorized call (hashing is cheap per element, costly
+        # per call): for every node at once when all take the same number of steps, else per
+        # block (blocks of similar sizes, see _order).
+        whole = None
+        if len(ids) and (self.sampler.steps is not None
+                         or bool((self.data.sizes[ids] == self.data.sizes[ids[0]]).all())):
+            whole = self.sampler.batches(ids, round_index, 0, self.sampler.num_steps(ids))
         for start in range(0, len(ids), self.chunk_size):
             stop = min(start + self.chunk_size, len(ids))
             nodes = ids[start:stop]
             where: Any = slice(start, stop) if contiguous else nodes - self.first_node
-            # The block's whole round of minibatches in one vectorized call (hashing is cheap
-            # per element, costly per call).
-            num_steps = self.sampler.num_steps(nodes)
-            plan = self.sampler.batches(nodes, round_index, 0, num_steps)
+            if whole is not None:
+                plan = whole.rows(start, stop)
+                num_steps = plan.index.shape[1]
+            else:
+                num_steps = self.sampler.num_steps(nodes)
+                plan = self.sampler.batches(nodes, round_index, 0, num_steps)
             index_all = plan.index
             weight_all = plan.weight
             X = self.params[where]
             state = {k: v[where] for k, v in self.local_state.items()}
             alive, width, masked = self._step_shapes(plan, num_steps, stop - start)
+            if self._fused is not None:
+                self._train_block_fused(X, plan, num_steps, alive, width, masked)
+                if not contiguous:
+                    self.params[where] = X
+                continue
             views_for: dict[int, tuple[dict, dict]] = {}
             for step in range(num_steps):
                 m = alive[step]
@@ -411,7 +432,7 @@ class Simulation:
                     )
                 param_views, state_views = views_for[m]
                 index = index_all[:m, step, : width[step]]
-                xb = train_x.index_select(0, index.reshape(-1)).view(*index.shape, *feature)
+                xb = self._gather(train_x, index).view(*index.shape, *feature)
                 yb = train_y[index]
                 if not masked[step]:
                     grads = self._grad_fn(param_views, xb, yb)
@@ -431,6 +452,45 @@ class Simulation:
                 self.params[where] = X
                 for k, v in state.items():
                     self.local_state[k][where] = v
+
+    def _gather(self, samples: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``samples[index]`` (flattened index) into a buffer kept across steps: a fresh
+        minibatch tensor every step costs page faults that cost more than the gather."""
+        count = index.numel()
+        size = count * math.prod(samples.shape[1:])
+        if self._batch_buffer is None or self._batch_buffer.numel() < size:
+            self._batch_buffer = torch.empty(size, dtype=samples.dtype, device=samples.device)
+        out = self._batch_buffer[:size].view(count, *samples.shape[1:])
+        return torch.index_select(samples, 0, index.reshape(-1), out=out)
+
+    @torch.no_grad()
+    def _train_block_fused(
+        self, X: torch.Tensor, plan: Any, num_steps: int, alive: list, width: list, masked: list
+    ) -> None:
+        """A block's local steps by the fused linear-SGD step, on a contiguous working copy of
+        its parameters: batched GEMMs can then accumulate in place (a strided row of the state
+        sends them down a per-node loop), and on the CPU a block sized to the cache keeps every
+        step's parameter traffic there, so the state is read and written once per round."""
+        dataset = self.data.dataset
+        block = X.shape[0]
+        if self._workspace is None or next(iter(self._workspace.values())).shape[0] < block:
+            self._workspace = {
+                name: torch.empty(block, *shape, device=self.device)
+                for name, shape in zip(self.spec.names, self.spec.shapes)
+            }
+        rows = self.spec.views(X)
+        work = {name: buf[:block] for name, buf in self._workspace.items()}
+        for name, buf in work.items():
+            buf.copy_(rows[name])
+        for step in range(num_steps):
+            m = alive[step]
+            index = plan.index[:m, step, : width[step]]
+            xb = self._gather(dataset.train_x, index)
+            weight = plan.weight[:m, step, : width[step]] if masked[step] else None
+            views = work if m == block else {name: buf[:m] for name, buf in work.items()}
+            self._fused(views, xb.view(*index.shape, -1), dataset.train_y[index], weight)
+        for name, buf in work.items():
+            rows[name].copy_(buf)
 
     @torch.no_grad()
     def communicate(self, plan: Plan) -> None:

@@ -1,0 +1,163 @@
+"""A fused local step for the commonest case: plain SGD on a stack of linear layers.
+
+The generic step (``vmap(grad(loss))`` then the rule's update) writes every node's gradient to
+memory, reads it back and reads and writes the parameters again: three passes over a ``[n, d]``
+tensor beyond the one the update needs. For models made only of ``nn.Linear`` layers and
+elementwise activations (``mlp``, ``logreg``, and any user ``nn.Sequential`` of the same parts)
+trained with plain SGD, backpropagation is short enough to write out, and each weight gradient
+can be accumulated straight into the parameters by one batched GEMM:
+
+    W <- (1 - lr * wd) W - lr * dZ^T H        (torch.baddbmm, in place on the node's row)
+
+so the step reads and writes the state once and allocates no gradient. The engine uses this path
+when :func:`fused_step_for` accepts the model and the rule, and the generic one otherwise; the two
+agree to float32 rounding (``tests/test_fused.py``). ``Simulation(..., fused=False)`` turns it off.
+
+>>> import torch
+>>> from torch import nn
+>>> from murmura.algorithms.rules import SGD
+>>> from murmura.swarm.params import ParamSpec
+>>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+>>> spec = ParamSpec.from_module(model)
+>>> step = fused_step_for(model, spec, SGD(lr=0.1))
+>>> X = torch.zeros(5, spec.dim)                       # five nodes, one row each
+>>> x, y = torch.randn(5, 8, 4), torch.randint(0, 2, (5, 8))
+>>> step(spec.views(X), x, y, None)                    # one SGD step for every node, in place
+>>> bool(X[:, -2:].abs().sum() > 0)                    # the output biases moved
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from murmura.algorithms.rules import SGD
+
+Tensor = torch.Tensor
+
+# activation -> derivative expressed through the activation's output (what the step keeps)
+_ACTIVATIONS: dict[type, tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor], None]]] = {
+    nn.ReLU: (torch.relu, lambda grad, out: grad.mul_(out > 0)),
+    nn.Tanh: (torch.tanh, lambda grad, out: grad.mul_(1 - out * out)),
+    nn.Sigmoid: (torch.sigmoid, lambda grad, out: grad.mul_(out * (1 - out))),
+}
+
+
+@dataclass(frozen=True)
+class _Layer:
+    weight: str
+    bias: str | None
+    activation: type | None  # one of _ACTIVATIONS, applied after the layer
+
+
+class FusedLinearSGD:
+    """One plain-SGD step of cross-entropy on a linear stack, for a block of nodes, in place."""
+
+    def __init__(self, layers: tuple[_Layer, ...], lr: float, weight_decay: float) -> None:
+        self.layers = layers
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+
+    def __call__(
+        self, views: dict[str, Tensor], x: Tensor, y: Tensor, weight: Tensor | None
+    ) -> None:
+        """``views``: the block's named parameter views ``[m, ...]`` (updated in place); ``x``
+        ``[m, B, *features]``; ``y`` ``[m, B]``; ``weight`` ``None`` (every sample counts, the
+        loss is the batch mean) or 0/1 ``[m, B]`` (the weighted mean; a node whose weights are
+        all zero is left unchanged)."""
+        m, batch = y.shape
+        h = x.reshape(m, batch, -1)
+        inputs, outputs = [], []
+        for layer in self.layers:
+            w = views[layer.weight]
+            inputs.append(h)
+            if layer.bias is None:
+                h = torch.bmm(h, w.transpose(1, 2))
+            else:
+                h = torch.baddbmm(views[layer.bias].unsqueeze(1), h, w.transpose(1, 2))
+            if layer.activation is not None:
+                h = _ACTIVATIONS[layer.activation][0](h)
+            outputs.append(h)
+
+        # d(loss)/d(logits) = (softmax - onehot) / batch, or weighted per sample
+        grad = torch.softmax(h, dim=2)
+        grad.scatter_add_(2, y.unsqueeze(2), torch.full_like(grad[:, :, :1], -1.0))
+        decay: Tensor | float = 1.0 - self.lr * self.weight_decay
+        if weight is None:
+            grad.mul_(1.0 / batch)
+        else:
+            total = weight.sum(dim=1, keepdim=True)
+            grad.mul_((weight / total.clamp_min(1.0)).unsqueeze(2))
+            if self.weight_decay:  # idle nodes (no sample this step) must not decay either
+                decay = 1.0 - self.lr * self.weight_decay * (total > 0).to(grad.dtype)
+
+        for i in reversed(range(len(self.layers))):
+            layer = self.layers[i]
+            w = views[layer.weight]
+            below = torch.bmm(grad, w) if i > 0 else None  # with W before its update
+            self._decay(w, decay)
+            w.baddbmm_(grad.transpose(1, 2), inputs[i], alpha=-self.lr)
+            if layer.bias is not None:
+                bias = views[layer.bias]
+                self._decay(bias, decay)
+                bias.add_(grad.sum(dim=1), alpha=-self.lr)
+            if below is not None:
+                activation = self.layers[i - 1].activation
+                if activation is not None:
+                    _ACTIVATIONS[activation][1](below, outputs[i - 1])
+                grad = below
+
+    @staticmethod
+    def _decay(param: Tensor, decay: Tensor | float) -> None:
+        if isinstance(decay, Tensor):
+            param.mul_(decay.view(-1, *(1,) * (param.dim() - 1)))
+        elif decay != 1.0:
+            param.mul_(decay)
+
+
+StepFn = Callable[[dict[str, Tensor], Tensor, Tensor, "Tensor | None"], None]
+
+
+def fused_step_for(model: nn.Module, spec, rule) -> FusedLinearSGD | None:
+    """The fused step for ``model`` trained by ``rule``, or ``None`` when either is outside what
+    it covers: an ``nn.Sequential`` of ``Flatten``, ``Linear``, ``ReLU``, ``Tanh``, ``Sigmoid``
+    and ``Identity`` ending in a ``Linear`` (at most one activation after each layer, none
+    before the first), with no buffers, and the built-in :class:`~murmura.algorithms.rules.SGD`
+    without momentum (weight decay allowed)."""
+    if type(rule) is not SGD or rule.momentum != 0:
+        return None
+    if not isinstance(model, nn.Sequential) or any(True for _ in model.buffers()):
+        return None
+    layers: list[_Layer] = []
+    pending: _Layer | None = None
+    for name, module in model.named_children():
+        if isinstance(module, nn.Identity):
+            continue
+        if type(module) is nn.Flatten:
+            if module.start_dim != 1 or module.end_dim != -1 or layers or pending:
+                return None
+            continue
+        if type(module) is nn.Linear:
+            if pending is not None:
+                layers.append(pending)
+            pending = _Layer(f"{name}.weight", f"{name}.bias" if module.bias is not None
+                             else None, None)
+            continue
+        if type(module) in _ACTIVATIONS and pending is not None and pending.activation is None:
+            pending = _Layer(pending.weight, pending.bias, type(module))
+            continue
+        return None
+    if pending is None or pending.activation is not None:
+        return None  # no layer, or the logits pass through an activation
+    layers.append(pending)
+    expected = [n for layer in layers for n in (layer.weight, layer.bias) if n is not None]
+    if list(spec.names) != expected:  # frozen parameters, or an order we do not expect
+        return None
+    return FusedLinearSGD(tuple(layers), rule.lr, rule.weight_decay)
+
+
+__all__ = ["FusedLinearSGD", "fused_step_for"]

@@ -1,0 +1,159 @@
+"""The fused linear-SGD step against torch.func's gradient and the generic SGD rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from murmura.algorithms.rules import SGD
+from murmura.data import federate
+from murmura.swarm import Evaluation, Simulation
+from murmura.swarm.fused import fused_step_for
+from murmura.swarm.params import ParamSpec
+
+
+def reference_step(model, spec, X, x, y, weight, rule):
+    """vmap(grad) of the engine's losses, then the generic SGD rule: what the engine did before."""
+
+    def loss(params, xb, yb, wb):
+        out = functional_call(model, params, (xb,))
+        losses = nn.functional.cross_entropy(out, yb, reduction="none")
+        if wb is None:
+            return losses.mean()
+        return (losses * wb).sum() / wb.sum().clamp_min(1.0)
+
+    views = spec.views(X)
+    if weight is None:
+        grads = vmap(grad(lambda p, a, b: loss(p, a, b, None)))(views, x, y)
+        active = None
+    else:
+        grads = vmap(grad(loss))(views, x, y, weight)
+        active = (weight.sum(dim=1) > 0).float()
+    with torch.no_grad():
+        for name in spec.names:
+            p = views[name]
+            a = None if active is None else active.view(-1, *(1,) * (p.dim() - 1))
+            rule.update(p, grads[name], {}, a)
+
+
+def stack(*hidden_activations, features=6, classes=4, bias=True):
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = features
+    for size, activation in hidden_activations:
+        layers.append(nn.Linear(width, size, bias=bias))
+        if activation is not None:
+            layers.append(activation())
+        width = size
+    layers.append(nn.Linear(width, classes, bias=bias))
+    return nn.Sequential(*layers)
+
+
+MODELS = {
+    "logreg": lambda: stack(),
+    "relu": lambda: stack((5, nn.ReLU)),
+    "tanh-sigmoid": lambda: stack((5, nn.Tanh), (3, nn.Sigmoid)),
+    "no-activation-no-bias": lambda: stack((5, None), bias=False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_one_fused_step_matches_vmap_grad_and_the_sgd_rule(name, masked, weight_decay):
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    spec = ParamSpec.from_module(model)
+    rule = SGD(lr=0.3, weight_decay=weight_decay)
+    step = fused_step_for(model, spec, rule)
+    assert step is not None
+    nodes, batch = 7, 5
+    X = torch.randn(nodes, spec.dim)
+    x, y = torch.randn(nodes, batch, 2, 3), torch.randint(0, 4, (nodes, batch))
+    weight = None
+    if masked:  # some samples out, and nodes 2 and 5 with no sample at all this step
+        weight = (torch.rand(nodes, batch) > 0.4).float()
+        weight[2] = weight[5] = 0.0
+    expected = X.clone()
+    reference_step(model, spec, expected, x, y, weight, rule)
+    fused = X.clone()
+    step(spec.views(fused), x, y, weight)
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(fused, X)
+    if masked:  # idle nodes: bit for bit unchanged, weight decay included
+        assert torch.equal(fused[2], X[2]) and torch.equal(fused[5], X[5])
+
+
+def test_only_linear_stacks_with_plain_sgd_are_fused():
+    spec_of = ParamSpec.from_module
+    mlp = stack((5, nn.ReLU))
+    assert fused_step_for(mlp, spec_of(mlp), SGD()) is not None
+    assert fused_step_for(mlp, spec_of(mlp), SGD(weight_decay=1e-4)) is not None
+    assert fused_step_for(mlp, spec_of(mlp), SGD(momentum=0.9)) is None
+
+    class MySGD(SGD):  # a subclass may change the update: not ours to fuse
+        pass
+
+    assert fused_step_for(mlp, spec_of(mlp), MySGD()) is None
+    rejected = [
+        nn.Sequential(nn.Linear(6, 4), nn.ReLU()),  # logits through an activation
+        nn.Sequential(nn.ReLU(), nn.Linear(6, 4)),  # activation before the first layer
+        nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.ReLU(), nn.Linear(5, 4)),
+        nn.Sequential(nn.Linear(6, 5), nn.GELU(), nn.Linear(5, 4)),  # not a covered activation
+        nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 4)),
+        nn.Sequential(nn.Flatten(start_dim=0), nn.Linear(6, 4)),
+        nn.Sequential(nn.Linear(6, 5), nn.Flatten(), nn.Linear(5, 4)),
+        nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 4)),
+        nn.Linear(6, 4),  # not a Sequential
+        nn.Sequential(),
+    ]
+    for model in rejected:
+        try:
+            spec = spec_of(model)
+        except ValueError:  # no parameters
+            continue
+        assert fused_step_for(model, spec, SGD()) is None, model
+    frozen = stack((5, nn.ReLU))
+    frozen[1].bias.requires_grad_(False)
+    assert fused_step_for(frozen, spec_of(frozen), SGD()) is None
+
+
+CASES = {
+    # epochs over a Dirichlet split: unequal steps, masked last batches, nodes sorted by size
+    "fedavg-epochs-uneven": dict(algorithm="fedavg", topology=None, partition="dirichlet",
+                                 algorithm_kwargs=dict(lr=0.1, local_epochs=1.5, batch_size=16,
+                                                       weight_decay=0.01)),
+    # sampled clients: blocks gathered from scattered rows and written back
+    "fedavg-sampled": dict(algorithm="fedavg", topology=None, partition="iid",
+                           algorithm_kwargs=dict(lr=0.1, local_steps=3, batch_size=8,
+                                                 clients_per_round=5)),
+    "dsgd-steps": dict(algorithm="dsgd", topology="ring", partition="iid",
+                       algorithm_kwargs=dict(lr=0.1, local_steps=2, batch_size=8)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("model", ["mlp", "logreg"])
+def test_simulation_fused_and_generic_paths_agree(case, model):
+    spec = CASES[case]
+    kwargs = dict(alpha=0.5) if spec["partition"] == "dirichlet" else {}
+    data = federate("digits", num_nodes=12, partition=spec["partition"], seed=0, **kwargs)
+    results = []
+    for fused in (True, False):
+        sim = Simulation(data, model, spec["algorithm"], spec["topology"],
+                         model_kwargs={"hidden": [16]} if model == "mlp" else None,
+                         algorithm_kwargs=spec["algorithm_kwargs"], chunk_size=5,
+                         evaluation=Evaluation(every=0), fused=fused, seed=3)
+        assert (sim._fused is not None) is fused
+        sim.run(3)
+        results.append(sim.params.clone())
+    torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-5)
+
+
+def test_momentum_and_cnn_take_the_generic_path():
+    data = federate("digits", num_nodes=4, partition="iid", seed=0)
+    momentum = Simulation(data, "mlp", "fedavg", algorithm_kwargs=dict(momentum=0.9))
+    assert momentum._fused is None
+    assert Simulation(data, "mlp", "fedavg")._fused is not None
+    assert Simulation(data, "mlp", "fedavg", fused=False)._fused is None
