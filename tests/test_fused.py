@@ -78,6 +78,7 @@ def test_one_fused_step_matches_vmap_grad_and_the_sgd_rule(name, masked, weight_
     expected = X.clone()
     reference_step(model, spec, expected, x, y, weight, rule)
     fused = X.clone()
+    step.scratch_bytes = 4 * 3 * 6 * 5  # rows of the state updated through a scratch of 3 nodes
     step(spec.views(fused), x, y, weight)
     torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-6)
     assert not torch.equal(fused, X)
@@ -128,8 +129,12 @@ CASES = {
     "fedavg-sampled": dict(algorithm="fedavg", topology=None, partition="iid",
                            algorithm_kwargs=dict(lr=0.1, local_steps=3, batch_size=8,
                                                  clients_per_round=5)),
+    # several steps: a contiguous working copy per block; one step: the state's rows in place
     "dsgd-steps": dict(algorithm="dsgd", topology="ring", partition="iid",
                        algorithm_kwargs=dict(lr=0.1, local_steps=2, batch_size=8)),
+    "dsgd-one-step": dict(algorithm="dsgd", topology="ring", partition="iid",
+                          algorithm_kwargs=dict(lr=0.1, local_steps=1, batch_size=8,
+                                                weight_decay=0.01)),
 }
 
 

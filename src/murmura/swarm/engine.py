@@ -467,21 +467,25 @@ class Simulation:
     def _train_block_fused(
         self, X: torch.Tensor, plan: Any, num_steps: int, alive: list, width: list, masked: list
     ) -> None:
-        """A block's local steps by the fused linear-SGD step, on a contiguous working copy of
-        its parameters: batched GEMMs can then accumulate in place (a strided row of the state
-        sends them down a per-node loop), and on the CPU a block sized to the cache keeps every
-        step's parameter traffic there, so the state is read and written once per round."""
+        """A block's local steps by the fused linear-SGD step. On the CPU a batched GEMM can
+        accumulate in place only into contiguous weights: with 2 steps or more the block works
+        on a contiguous copy of its parameters (copied in and out once per round); with fewer,
+        the copies would cost more than they save and the step updates the state's rows
+        through a scratch block (see FusedLinearSGD._accumulate)."""
         dataset = self.data.dataset
         block = X.shape[0]
-        if self._workspace is None or next(iter(self._workspace.values())).shape[0] < block:
-            self._workspace = {
-                name: torch.empty(block, *shape, device=self.device)
-                for name, shape in zip(self.spec.names, self.spec.shapes)
-            }
         rows = self.spec.views(X)
-        work = {name: buf[:block] for name, buf in self._workspace.items()}
-        for name, buf in work.items():
-            buf.copy_(rows[name])
+        work = rows
+        copied = self.device.type == "cpu" and num_steps >= 2
+        if copied:
+            if self._workspace is None or next(iter(self._workspace.values())).shape[0] < block:
+                self._workspace = {
+                    name: torch.empty(block, *shape, device=self.device)
+                    for name, shape in zip(self.spec.names, self.spec.shapes)
+                }
+            work = {name: buf[:block] for name, buf in self._workspace.items()}
+            for name, buf in work.items():
+                buf.copy_(rows[name])
         for step in range(num_steps):
             m = alive[step]
             index = plan.index[:m, step, : width[step]]
@@ -489,8 +493,9 @@ class Simulation:
             weight = plan.weight[:m, step, : width[step]] if masked[step] else None
             views = work if m == block else {name: buf[:m] for name, buf in work.items()}
             self._fused(views, xb.view(*index.shape, -1), dataset.train_y[index], weight)
-        for name, buf in work.items():
-            rows[name].copy_(buf)
+        if copied:
+            for name, buf in work.items():
+                rows[name].copy_(buf)
 
     @torch.no_grad()
     def communicate(self, plan: Plan) -> None:
