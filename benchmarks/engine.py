@@ -17,10 +17,12 @@ update x <- x - lr g cannot do less), every minibatch is read once, and a commun
 state once and writes it once. The floor assumes perfect fusion and cache reuse; it is a strict
 lower bound, not a promise.
 
-**GEMM-bound.** The same round's matrix products run alone as bare ``torch.bmm`` calls at the
-engine's block size, plus the memory floor: what the per-node matmuls cost on this BLAS. The gap
-between the floor and this line is BLAS efficiency on small per-node matrices; the gap between
-this line and the engine is the engine's own overhead.
+**GEMM-bound.** The same round's matrix products run alone as bare batched GEMMs at the engine's
+block size (forward and input gradients by ``torch.bmm``, weight gradients accumulated in place
+into contiguous weights by ``baddbmm_``, as the fused step issues them), plus the memory floor:
+what the per-node matmuls cost on this BLAS. The gap between the floor and this line is BLAS
+efficiency on small per-node matrices; the gap between this line and the engine is the engine's
+own overhead.
 
 FLOPs per sample of an MLP step: 2x(weights) forward, 2x(weights) for the weight gradients,
 2x(weights of all but the first layer) for the input gradients.
@@ -118,7 +120,9 @@ def gemm_seconds(layers: list[int], batch: int, block: int, nodes: int, steps: i
         x, w = torch.randn(block, batch, fan_in), torch.randn(block, fan_in, fan_out)
         delta = torch.randn(block, batch, fan_out)
         calls.append(lambda x=x, w=w: torch.bmm(x, w))  # forward
-        calls.append(lambda x=x, d=delta: torch.bmm(d.transpose(1, 2), x))  # weight gradient
+        weights = w.transpose(1, 2).contiguous()  # [block, fan_out, fan_in], as nn.Linear
+        calls.append(lambda x=x, d=delta, g=weights: g.baddbmm_(d.transpose(1, 2), x,
+                                                                alpha=-1e-9))  # weight gradient
         if i > 0:
             calls.append(lambda d=delta, w=w: torch.bmm(d, w.transpose(1, 2)))  # input grad
 

@@ -6,6 +6,10 @@ FedAvg on Fashion-MNIST, MLP 784-200-10, one local epoch of batch 32 over 64 ima
 sample: 2x the weights forward, 2x for the weight gradients, 2x all but the first layer's for the
 input gradients. TF32 is off, so the comparison is fp32 against fp32.
 
+Also against a floor: the FLOPs at that rate plus the round's minimum memory traffic (each local
+step reads and writes the state once, minibatches read once, the server average reads and writes
+the state once) at the device's copy bandwidth, measured in the same run.
+
 The round is timed twice in the same run: with the fused linear-SGD step (the default for this
 model and rule, ``murmura.swarm.fused``) and with the generic ``vmap(grad)`` step. Before timing,
 a check: 300 nodes for 2 rounds, fused against generic on the device and the device against the
@@ -51,12 +55,29 @@ def matmul_rate(device: torch.device, size: int) -> float:
     return 2 * size**3 / min(times)
 
 
+def copy_bandwidth(device: torch.device, nbytes: int) -> float:
+    """Bytes per second of a device-to-device copy (read + write counted), best of 10."""
+    src = torch.ones(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    synchronize(device)
+    best = float("inf")
+    for _ in range(10):
+        start = time.perf_counter()
+        dst.copy_(src)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * nbytes / best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--nodes", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--profile", action="store_true",
+                        help="also print where one fused round spends its time (torch profiler)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -111,6 +132,8 @@ def main() -> None:
 
     peak = matmul_rate(device, 8192 if device.type == "cuda" else 2048)
     result["matmul_fp32_flop_s"] = peak
+    bandwidth = copy_bandwidth(device, (1 << 30) if device.type == "cuda" else (256 << 20))
+    result["copy_bandwidth_bytes_s"] = bandwidth
     print(f"{result['device']}: FedAvg MLP 784-200-10, {args.nodes:,} nodes, 1 epoch of 64 "
           f"samples, batch 32; fp32 matmul {peak / 1e12:.2f} TFLOP/s", flush=True)
     for label, fused in (("fused", True), ("generic", False)):
@@ -125,7 +148,13 @@ def main() -> None:
         best = min(times[1:] or times)
         samples = int(sim.data.sizes.sum())  # one epoch: every node's samples once
         flops = samples * mlp_step_flops([784, 200, 10])
+        # the memory floor: every local step reads and writes the state once, every minibatch
+        # is read once, the server average reads the state and writes it back once
+        state = sim.params.numel() * 4
+        traffic = sim.sampler.num_steps() * 2 * state + samples * 784 * 4 + 2 * state
+        floor = flops / peak + traffic / bandwidth
         result[label] = {
+            "floor_seconds": floor, "ratio_to_floor": best / floor, "traffic_bytes": traffic,
             "round_seconds": times, "best_round_seconds": best, "round_flops": flops,
             "achieved_flop_s": flops / best, "fraction_of_matmul_rate": flops / best / peak,
             "chunk_size": sim.chunk_size,
@@ -133,7 +162,20 @@ def main() -> None:
         print(f"  {label:8s} seconds per round: {', '.join(f'{t:.3f}' for t in times)} (best "
               f"after the first {best:.3f}; {statistics.median(times):.3f} median): "
               f"{flops / best / 1e12:.2f} TFLOP/s = {100 * flops / best / peak:.1f} % of the "
-              f"matmul rate, blocks of {sim.chunk_size} nodes", flush=True)
+              f"matmul rate, {best / floor:.2f}x the floor ({floor:.3f} s: the FLOPs at the "
+              f"matmul rate + {traffic / 1e9:.1f} GB at {bandwidth / 1e12:.2f} TB/s), blocks of "
+              f"{sim.chunk_size} nodes", flush=True)
+        if args.profile and fused:
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU]
+            if device.type == "cuda":
+                activities.append(ProfilerActivity.CUDA)
+            with profile(activities=activities) as prof:
+                sim.step(args.rounds)
+                synchronize(device)
+            key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+            print(prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=40))
         del sim
         if device.type == "cuda":
             torch.cuda.empty_cache()
