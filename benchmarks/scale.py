@@ -14,6 +14,7 @@ Each case runs in its own process so peak memory (max RSS) is its own.
 
     python benchmarks/scale.py            # a few minutes, about 8 GB of memory at peak
     python benchmarks/scale.py --quick    # 10,000 and 1,000 nodes
+    python benchmarks/scale.py --device cuda    # on a GPU (PYTHONPATH=src if murmura is not installed)
 """
 
 from __future__ import annotations
@@ -28,19 +29,38 @@ import time
 from pathlib import Path
 
 
-def copy_bandwidth(nbytes: int = 512 << 20) -> float:
+def copy_bandwidth(nbytes: int = 512 << 20, device: str = "cpu") -> float:
     """Bytes per second of a large tensor copy (read + write counted), best of 3."""
     import torch
 
-    a = torch.empty(nbytes // 4)
+    a = torch.empty(nbytes // 4, device=device)
     a.fill_(1.0)
     b = torch.empty_like(a)
+    b.copy_(a)
     best = float("inf")
     for _ in range(3):
+        synchronize(device)
         start = time.perf_counter()
         b.copy_(a)
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * nbytes / best
+
+
+def synchronize(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_gb(device: str) -> float:
+    """Peak resident memory of this process (CPU), or peak allocated GPU memory (CUDA)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
 def overlapping_split(num_nodes: int, per_node: int, seed: int = 0):
@@ -54,7 +74,7 @@ def overlapping_split(num_nodes: int, per_node: int, seed: int = 0):
     return FederatedData.from_parts(dataset, list(picks))
 
 
-def case_logreg(num_nodes: int, rounds: int) -> dict:
+def case_logreg(num_nodes: int, rounds: int, device: str = "cpu") -> dict:
     import torch
 
     from murmura.swarm import Evaluation, Simulation
@@ -63,7 +83,7 @@ def case_logreg(num_nodes: int, rounds: int) -> dict:
     start = time.perf_counter()
     sim = Simulation(data, "logreg", "dsgd", "random_regular", topology_kwargs={"k": 4},
                      algorithm_kwargs={"lr": 0.05, "local_steps": 1, "batch_size": 8},
-                     evaluation=Evaluation(every=0), seed=0)
+                     evaluation=Evaluation(every=0), seed=0, device=device)
     setup = time.perf_counter() - start
     times, train, gossip = [], [], []
     for _ in range(rounds):
@@ -74,8 +94,8 @@ def case_logreg(num_nodes: int, rounds: int) -> dict:
     n, d = sim.params.shape
     state = n * d * 4
     # read before the bandwidth probe below allocates buffers of its own
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
-    bandwidth = copy_bandwidth()
+    peak = peak_memory_gb(device)
+    bandwidth = copy_bandwidth(device=device)
     feature = 784 * 4
     # step: read x, write x (the update); gossip: read x, write x; minibatches: 8 samples per
     # node read once
@@ -89,19 +109,19 @@ def case_logreg(num_nodes: int, rounds: int) -> dict:
         "round_seconds": times, "best_round_seconds": best,
         "best_round_train_seconds": train[best_at], "best_round_gossip_seconds": gossip[best_at],
         "bandwidth_gb_s": bandwidth / 1e9, "floor_seconds": floor, "ratio_to_floor": best / floor,
-        "peak_rss_gb": peak,
+        "peak_rss_gb": peak, "device": device,
         "torch_threads": torch.get_num_threads(),
     }
 
 
-def case_mlp(num_nodes: int, rounds: int) -> dict:
+def case_mlp(num_nodes: int, rounds: int, device: str = "cpu") -> dict:
     from murmura.swarm import Evaluation, Simulation
 
     data = overlapping_split(num_nodes, 64)
     start = time.perf_counter()
     sim = Simulation(data, "mlp", "fedavg", model_kwargs={"hidden": [200]},
                      algorithm_kwargs={"lr": 0.05, "local_steps": 1, "batch_size": 32},
-                     evaluation=Evaluation(every=0), seed=0)
+                     evaluation=Evaluation(every=0), seed=0, device=device)
     setup = time.perf_counter() - start
     times = [sim.step(rounds)["round_seconds"] for _ in range(rounds)]
     n, d = sim.params.shape
@@ -109,7 +129,7 @@ def case_mlp(num_nodes: int, rounds: int) -> dict:
         "case": f"MLP 784-200-10 FedAvg, {num_nodes:,} nodes, batch 32, 1 step",
         "nodes": n, "parameters": d, "state_gb": n * d * 4 / 1e9, "setup_seconds": setup,
         "round_seconds": times, "best_round_seconds": min(times[1:] or times),
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+        "peak_rss_gb": peak_memory_gb(device), "device": device,
     }
 
 
@@ -117,18 +137,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--device", default="cpu",
+                        help="cpu or cuda (on CUDA, peak memory is the GPU's peak allocation and "
+                        "the step/gossip split is not synchronized)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case here
     args = parser.parse_args()
     if args.case:
         name, nodes, rounds = args.case.split(":")
-        result = (case_logreg if name == "logreg" else case_mlp)(int(nodes), int(rounds))
+        case = case_logreg if name == "logreg" else case_mlp
+        result = case(int(nodes), int(rounds), args.device)
         print("RESULT " + json.dumps(result))
         return
     cases = [("logreg", 10_000 if args.quick else 100_000, 4),
              ("mlp", 1_000 if args.quick else 10_000, 3)]
     results = []
     for name, nodes, rounds in cases:
-        done = subprocess.run([sys.executable, __file__, "--case", f"{name}:{nodes}:{rounds}"],
+        done = subprocess.run([sys.executable, __file__, "--case", f"{name}:{nodes}:{rounds}",
+                               "--device", args.device],
                               capture_output=True, text=True, env=os.environ.copy(), check=False)
         line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
         if done.returncode != 0 or line is None:
