@@ -114,21 +114,28 @@ def main() -> None:
     print(f"check, 300 nodes x 2 rounds: fused vs generic max |diff| "
           f"{result['check_fused_vs_generic_max_abs']:.2e}, {device.type} vs cpu "
           f"{result['check_device_vs_cpu_max_abs']:.2e}", flush=True)
-    # the other paths on the device: a sparse gossip product, the generic step of a CNN
-    for label, model, algorithm, topology in (("logreg dsgd ring", "logreg", "dsgd", "ring"),
-                                              ("cnn dsgd ring", "cnn", "dsgd", "ring")):
-        rows = []
-        for on in (device, torch.device("cpu")):
+    # the other paths on the device: a sparse gossip product, momentum in the fused step (one
+    # step: the state's rows; two: the same on CUDA), the generic step of a CNN
+    checks = (("logreg dsgd ring", "logreg", {}), ("logreg dsgd ring momentum", "logreg",
+              {"momentum": 0.9, "local_steps": 1}), ("mlp dsgd ring momentum", "mlp",
+              {"momentum": 0.9, "weight_decay": 1e-3}), ("cnn dsgd ring", "cnn", {}))
+    for label, model, extra in checks:
+        rows = {}
+        for on, fused in ((device, True), (device, False), (torch.device("cpu"), True)):
             picks = np.random.default_rng(1).integers(0, dataset.num_train, size=(64, 64))
-            sim = Simulation(FederatedData.from_parts(dataset, list(picks)), model, algorithm,
-                             topology, device=on, evaluation=Evaluation(every=0), seed=0,
-                             algorithm_kwargs={"lr": 0.05, "local_steps": 2, "batch_size": 16})
+            kwargs = {"lr": 0.05, "local_steps": 2, "batch_size": 16, **extra}
+            sim = Simulation(FederatedData.from_parts(dataset, list(picks)), model, "dsgd",
+                             "ring", device=on, evaluation=Evaluation(every=0), seed=0,
+                             algorithm_kwargs=kwargs, fused=fused)
             sim.run(2)
-            rows.append(sim.params.cpu())
-        diff = float((rows[0] - rows[1]).abs().max())
-        result[f"check_{label.replace(' ', '_')}_device_vs_cpu_max_abs"] = diff
-        print(f"check, {label}, 64 nodes x 2 rounds: {device.type} vs cpu max |diff| {diff:.2e}",
-              flush=True)
+            rows[(on.type, fused)] = sim.params.cpu()
+        key = label.replace(" ", "_")
+        vs_cpu = float((rows[(device.type, True)] - rows[("cpu", True)]).abs().max())
+        vs_generic = float((rows[(device.type, True)] - rows[(device.type, False)]).abs().max())
+        result[f"check_{key}_device_vs_cpu_max_abs"] = vs_cpu
+        result[f"check_{key}_fused_vs_generic_max_abs"] = vs_generic
+        print(f"check, {label}, 64 nodes x 2 rounds: {device.type} vs cpu max |diff| "
+              f"{vs_cpu:.2e}, fused vs generic {vs_generic:.2e}", flush=True)
 
     peak = matmul_rate(device, 8192 if device.type == "cuda" else 2048)
     result["matmul_fp32_flop_s"] = peak

@@ -14,7 +14,7 @@ Each case runs in its own process so peak memory (max RSS) is its own.
 
     python benchmarks/scale.py            # a few minutes, about 8 GB of memory at peak
     python benchmarks/scale.py --quick    # 10,000 and 1,000 nodes
-    python benchmarks/scale.py --device cuda    # on a GPU (PYTHONPATH=src if murmura is not installed)
+    python benchmarks/scale.py --device cuda    # on a GPU (PYTHONPATH=src if not installed)
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from murmura.swarm.fused import fused_step_for
 from murmura.swarm.params import ParamSpec
 
 
-def reference_step(model, spec, X, x, y, weight, rule):
+def reference_step(model, spec, X, x, y, weight, rule, buffer=None):
     """vmap(grad) of the engine's losses, then the generic SGD rule: what the engine did before."""
 
     def loss(params, xb, yb, wb):
@@ -25,6 +25,7 @@ def reference_step(model, spec, X, x, y, weight, rule):
         return (losses * wb).sum() / wb.sum().clamp_min(1.0)
 
     views = spec.views(X)
+    buffers = {} if buffer is None else spec.views(buffer)
     if weight is None:
         grads = vmap(grad(lambda p, a, b: loss(p, a, b, None)))(views, x, y)
         active = None
@@ -35,7 +36,8 @@ def reference_step(model, spec, X, x, y, weight, rule):
         for name in spec.names:
             p = views[name]
             a = None if active is None else active.view(-1, *(1,) * (p.dim() - 1))
-            rule.update(p, grads[name], {}, a)
+            state = {"momentum": buffers[name]} if buffers else {}
+            rule.update(p, grads[name], state, a)
 
 
 def stack(*hidden_activations, features=6, classes=4, bias=True):
@@ -61,37 +63,55 @@ MODELS = {
 @pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_one_fused_step_matches_vmap_grad_and_the_sgd_rule(name, masked, weight_decay):
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_one_fused_step_matches_vmap_grad_and_the_sgd_rule(name, masked, weight_decay, momentum):
     torch.manual_seed(0)
     model = MODELS[name]()
     spec = ParamSpec.from_module(model)
-    rule = SGD(lr=0.3, weight_decay=weight_decay)
+    rule = SGD(lr=0.3, weight_decay=weight_decay, momentum=momentum)
     step = fused_step_for(model, spec, rule)
     assert step is not None
     nodes, batch = 7, 5
     X = torch.randn(nodes, spec.dim)
+    B = torch.randn(nodes, spec.dim) if momentum else None  # a momentum buffer mid-training
     x, y = torch.randn(nodes, batch, 2, 3), torch.randint(0, 4, (nodes, batch))
     weight = None
     if masked:  # some samples out, and nodes 2 and 5 with no sample at all this step
         weight = (torch.rand(nodes, batch) > 0.4).float()
         weight[2] = weight[5] = 0.0
     expected = X.clone()
-    reference_step(model, spec, expected, x, y, weight, rule)
+    expected_b = None if B is None else B.clone()
+    reference_step(model, spec, expected, x, y, weight, rule, expected_b)
     fused = X.clone()
+    fused_b = None if B is None else B.clone()
     step.scratch_bytes = 4 * 3 * 6 * 5  # rows of the state updated through a scratch of 3 nodes
-    step(spec.views(fused), x, y, weight)
+    step(spec.views(fused), x, y, weight, None if B is None else spec.views(fused_b))
     torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-6)
     assert not torch.equal(fused, X)
-    if masked:  # idle nodes: bit for bit unchanged, weight decay included
+    if B is not None:
+        torch.testing.assert_close(fused_b, expected_b, rtol=1e-5, atol=1e-6)
+    if masked:  # idle nodes: bit for bit unchanged, weight decay and momentum included
         assert torch.equal(fused[2], X[2]) and torch.equal(fused[5], X[5])
+        if B is not None:
+            assert torch.equal(fused_b[2], B[2]) and torch.equal(fused_b[5], B[5])
 
 
-def test_only_linear_stacks_with_plain_sgd_are_fused():
+def test_a_momentum_step_needs_its_buffers():
+    model = MODELS["relu"]()
+    spec = ParamSpec.from_module(model)
+    step = fused_step_for(model, spec, SGD(momentum=0.5))
+    with pytest.raises(ValueError, match="momentum buffers"):
+        step(spec.views(torch.zeros(2, spec.dim)), torch.randn(2, 3, 6),
+             torch.randint(0, 4, (2, 3)), None)
+
+
+def test_only_linear_stacks_with_sgd_are_fused():
     spec_of = ParamSpec.from_module
     mlp = stack((5, nn.ReLU))
     assert fused_step_for(mlp, spec_of(mlp), SGD()) is not None
     assert fused_step_for(mlp, spec_of(mlp), SGD(weight_decay=1e-4)) is not None
-    assert fused_step_for(mlp, spec_of(mlp), SGD(momentum=0.9)) is None
+    assert fused_step_for(mlp, spec_of(mlp), SGD(momentum=0.9)) is not None
+    assert fused_step_for(mlp, spec_of(mlp), SGD(momentum=0.9, nesterov=True)) is None
 
     class MySGD(SGD):  # a subclass may change the update: not ours to fuse
         pass
@@ -135,6 +155,18 @@ CASES = {
     "dsgd-one-step": dict(algorithm="dsgd", topology="ring", partition="iid",
                           algorithm_kwargs=dict(lr=0.1, local_steps=1, batch_size=8,
                                                 weight_decay=0.01)),
+    # momentum: buffers carried across rounds (D-SGD) or reset each round (FedAvg), copied with
+    # the block or updated in the state's rows, masked on uneven epochs
+    "dsgd-momentum-one-step": dict(algorithm="dsgd", topology="ring", partition="iid",
+                                   algorithm_kwargs=dict(lr=0.05, local_steps=1, batch_size=8,
+                                                         momentum=0.9, weight_decay=0.01)),
+    "dsgd-momentum-steps": dict(algorithm="dsgd", topology="ring", partition="iid",
+                                algorithm_kwargs=dict(lr=0.05, local_steps=3, batch_size=8,
+                                                      momentum=0.9)),
+    "fedavg-momentum-uneven-sampled": dict(
+        algorithm="fedavg", topology=None, partition="dirichlet",
+        algorithm_kwargs=dict(lr=0.05, local_epochs=1.0, batch_size=16, momentum=0.9,
+                              clients_per_round=7)),
 }
 
 
@@ -152,13 +184,15 @@ def test_simulation_fused_and_generic_paths_agree(case, model):
                          evaluation=Evaluation(every=0), fused=fused, seed=3)
         assert (sim._fused is not None) is fused
         sim.run(3)
-        results.append(sim.params.clone())
-    torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-5)
+        results.append((sim.params.clone(), {k: v.clone() for k, v in sim.local_state.items()}))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-5)
+    for name, buffer in results[0][1].items():
+        torch.testing.assert_close(buffer, results[1][1][name], rtol=1e-4, atol=1e-5)
 
 
-def test_momentum_and_cnn_take_the_generic_path():
+def test_which_simulations_take_the_fused_step():
     data = federate("digits", num_nodes=4, partition="iid", seed=0)
-    momentum = Simulation(data, "mlp", "fedavg", algorithm_kwargs=dict(momentum=0.9))
-    assert momentum._fused is None
     assert Simulation(data, "mlp", "fedavg")._fused is not None
+    assert Simulation(data, "logreg", "dsgd", "ring",
+                      algorithm_kwargs=dict(momentum=0.9))._fused is not None
     assert Simulation(data, "mlp", "fedavg", fused=False)._fused is None

@@ -344,8 +344,9 @@ class EngineConfig(Section):
     )
     same_init: bool = Field(True, description="every node starts from the same initial model")
     fused: bool = Field(
-        True, description="plain SGD on a Linear/activation stack (mlp, logreg) takes the fused "
-        "step that accumulates gradients straight into the state; false: always vmap(grad)",
+        True, description="SGD (not Nesterov) on a Linear/activation stack (mlp, logreg) takes "
+        "the fused step that accumulates gradients straight into the state; false: always "
+        "vmap(grad)",
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
 

@@ -162,7 +162,8 @@ class Simulation:
             name: torch.zeros(n, d, device=self.device) for name in algorithm.local_rule.state_names
         }
         self._mix_buffer: torch.Tensor | None = None
-        self._workspace: dict[str, torch.Tensor] | None = None
+        self._workspace: dict[str, dict[str, torch.Tensor]] | None = None
+        self._workspace_rows = 0
         self._batch_buffer: torch.Tensor | None = None
         self.bytes_sent = torch.zeros(n, dtype=torch.float64, device=self.device)
         self.bytes_received = torch.zeros(n, dtype=torch.float64, device=self.device)
@@ -183,7 +184,7 @@ class Simulation:
                 f"chunk_size must be a positive number of nodes per block, got {chunk_size!r} "
                 "(or None to size blocks automatically)"
             )
-        # plain SGD on a linear stack: backprop written out, gradients accumulated straight
+        # SGD on a linear stack: backprop written out, gradients accumulated straight
         # into the state (murmura.swarm.fused); everything else goes through vmap(grad)
         self._fused = fused_step_for(self.model, self.spec, algorithm.local_rule) if fused else None
         self.chunk_size = int(chunk_size) if chunk_size is not None else self._auto_chunk_size()
@@ -387,10 +388,6 @@ class Simulation:
 
     def train(self, participants: torch.Tensor | None, round_index: int) -> None:
         """Local update: every participant takes its local steps, block by block, in place."""
-        rule = self.algorithm.local_rule
-        dataset = self.data.dataset
-        feature = dataset.feature_shape
-        train_x, train_y = dataset.train_x, dataset.train_y
         if self.algorithm.local_work.reset_state_each_round:
             for buf in self.local_state.values():
                 buf.zero_()
@@ -412,46 +409,54 @@ class Simulation:
             else:
                 num_steps = self.sampler.num_steps(nodes)
                 plan = self.sampler.batches(nodes, round_index, 0, num_steps)
-            index_all = plan.index
-            weight_all = plan.weight
             X = self.params[where]
             state = {k: v[where] for k, v in self.local_state.items()}
             alive, width, masked = self._step_shapes(plan, num_steps, stop - start)
             if self._fused is not None:
-                self._train_block_fused(X, plan, num_steps, alive, width, masked)
-                if not contiguous:
-                    self.params[where] = X
-                continue
-            views_for: dict[int, tuple[dict, dict]] = {}
-            for step in range(num_steps):
-                m = alive[step]
-                if m not in views_for:
-                    views_for[m] = (
-                        self.spec.views(X[:m]),
-                        {k: self.spec.views(v[:m]) for k, v in state.items()},
-                    )
-                param_views, state_views = views_for[m]
-                index = index_all[:m, step, : width[step]]
-                xb = self._gather(train_x, index).view(*index.shape, *feature)
-                yb = train_y[index]
-                if not masked[step]:
-                    grads = self._grad_fn(param_views, xb, yb)
-                    active = None
-                else:
-                    weight = weight_all[:m, step, : width[step]]
-                    grads = self._weighted_grad_fn(param_views, xb, yb, weight)
-                    active = (weight.sum(dim=1) > 0).to(X.dtype)
-                with torch.no_grad():
-                    for name in self.spec.names:
-                        p = param_views[name]
-                        a = None if active is None else active.view(-1, *(1,) * (p.dim() - 1))
-                        rule.update(
-                            p, grads[name], {k: v[name] for k, v in state_views.items()}, a
-                        )
+                self._train_block_fused(X, state, plan, num_steps, alive, width, masked)
+            else:
+                self._train_block_generic(X, state, plan, num_steps, alive, width, masked)
             if not contiguous:
                 self.params[where] = X
                 for k, v in state.items():
                     self.local_state[k][where] = v
+
+    def _train_block_generic(
+        self, X: torch.Tensor, state: dict, plan: Any, num_steps: int, alive: list,
+        width: list, masked: list,
+    ) -> None:
+        """A block's local steps: the vmapped gradient, then the rule's update per parameter."""
+        rule = self.algorithm.local_rule
+        dataset = self.data.dataset
+        feature = dataset.feature_shape
+        train_x, train_y = dataset.train_x, dataset.train_y
+        index_all, weight_all = plan.index, plan.weight
+        views_for: dict[int, tuple[dict, dict]] = {}
+        for step in range(num_steps):
+            m = alive[step]
+            if m not in views_for:
+                views_for[m] = (
+                    self.spec.views(X[:m]),
+                    {k: self.spec.views(v[:m]) for k, v in state.items()},
+                )
+            param_views, state_views = views_for[m]
+            index = index_all[:m, step, : width[step]]
+            xb = self._gather(train_x, index).view(*index.shape, *feature)
+            yb = train_y[index]
+            if not masked[step]:
+                grads = self._grad_fn(param_views, xb, yb)
+                active = None
+            else:
+                weight = weight_all[:m, step, : width[step]]
+                grads = self._weighted_grad_fn(param_views, xb, yb, weight)
+                active = (weight.sum(dim=1) > 0).to(X.dtype)
+            with torch.no_grad():
+                for name in self.spec.names:
+                    p = param_views[name]
+                    a = None if active is None else active.view(-1, *(1,) * (p.dim() - 1))
+                    rule.update(
+                        p, grads[name], {k: v[name] for k, v in state_views.items()}, a
+                    )
 
     def _gather(self, samples: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """``samples[index]`` (flattened index) into a buffer kept across steps: a fresh
@@ -465,37 +470,51 @@ class Simulation:
 
     @torch.no_grad()
     def _train_block_fused(
-        self, X: torch.Tensor, plan: Any, num_steps: int, alive: list, width: list, masked: list
+        self, X: torch.Tensor, state: dict, plan: Any, num_steps: int, alive: list,
+        width: list, masked: list,
     ) -> None:
         """A block's local steps by the fused linear-SGD step. On the CPU a batched GEMM can
         accumulate in place only into contiguous weights: with 2 steps or more the block works
-        on a contiguous copy of its parameters (copied in and out once per round); with fewer,
-        the copies would cost more than they save and the step updates the state's rows
-        through a scratch block (see FusedLinearSGD._accumulate)."""
+        on a contiguous copy of its parameters (and momentum), copied in and out once per round;
+        with fewer, the copies would cost more than they save and the step updates the state's
+        rows through a scratch block (see FusedLinearSGD._accumulate)."""
         dataset = self.data.dataset
         block = X.shape[0]
-        rows = self.spec.views(X)
+        rows = {"params": self.spec.views(X)}
+        rows.update({k: self.spec.views(v) for k, v in state.items()})
         work = rows
         copied = self.device.type == "cpu" and num_steps >= 2
         if copied:
-            if self._workspace is None or next(iter(self._workspace.values())).shape[0] < block:
+            if self._workspace is None or self._workspace_rows < block or set(
+                self._workspace
+            ) != set(rows):
                 self._workspace = {
-                    name: torch.empty(block, *shape, device=self.device)
-                    for name, shape in zip(self.spec.names, self.spec.shapes)
+                    kind: {
+                        name: torch.empty(block, *shape, device=self.device)
+                        for name, shape in zip(self.spec.names, self.spec.shapes)
+                    }
+                    for kind in rows
                 }
-            work = {name: buf[:block] for name, buf in self._workspace.items()}
-            for name, buf in work.items():
-                buf.copy_(rows[name])
+                self._workspace_rows = block
+            work = {kind: {name: buf[:block] for name, buf in bufs.items()}
+                    for kind, bufs in self._workspace.items()}
+            for kind, bufs in work.items():
+                for name, buf in bufs.items():
+                    buf.copy_(rows[kind][name])
         for step in range(num_steps):
             m = alive[step]
             index = plan.index[:m, step, : width[step]]
             xb = self._gather(dataset.train_x, index)
             weight = plan.weight[:m, step, : width[step]] if masked[step] else None
-            views = work if m == block else {name: buf[:m] for name, buf in work.items()}
-            self._fused(views, xb.view(*index.shape, -1), dataset.train_y[index], weight)
+            views = work if m == block else {
+                kind: {name: buf[:m] for name, buf in bufs.items()} for kind, bufs in work.items()
+            }
+            self._fused(views["params"], xb.view(*index.shape, -1), dataset.train_y[index],
+                        weight, views.get("momentum"))
         if copied:
-            for name, buf in work.items():
-                rows[name].copy_(buf)
+            for kind, bufs in work.items():
+                for name, buf in bufs.items():
+                    rows[kind][name].copy_(buf)
 
     @torch.no_grad()
     def communicate(self, plan: Plan) -> None:

@@ -1,11 +1,11 @@
-"""A fused local step for the commonest case: plain SGD on a stack of linear layers.
+"""A fused local step for the commonest case: SGD on a stack of linear layers.
 
 The generic step (``vmap(grad(loss))`` then the rule's update) writes every node's gradient to
 memory, reads it back and reads and writes the parameters again: three passes over a ``[n, d]``
 tensor beyond the one the update needs. For models made only of ``nn.Linear`` layers and
 elementwise activations (``mlp``, ``logreg``, and any user ``nn.Sequential`` of the same parts)
-trained with plain SGD, backpropagation is short enough to write out, and each weight gradient
-can be accumulated straight into the parameters by one batched GEMM:
+trained with SGD, backpropagation is short enough to write out, and each weight gradient can be
+accumulated straight into the parameters (or the momentum buffer) by one batched GEMM:
 
     W <- (1 - lr * wd) W - lr * dZ^T H        (torch.baddbmm, in place on the node's row)
 
@@ -55,23 +55,38 @@ class _Layer:
 
 
 class FusedLinearSGD:
-    """One plain-SGD step of cross-entropy on a linear stack, for a block of nodes, in place."""
+    """One SGD step of cross-entropy on a linear stack, for a block of nodes, in place:
 
-    def __init__(self, layers: tuple[_Layer, ...], lr: float, weight_decay: float) -> None:
+    g = grad + wd * x;  b <- mu * b + g;  x <- x - lr * b      (b and mu only with momentum)
+
+    as :class:`~murmura.algorithms.rules.SGD` (without Nesterov) computes it."""
+
+    def __init__(
+        self, layers: tuple[_Layer, ...], lr: float, weight_decay: float, momentum: float = 0.0
+    ) -> None:
         self.layers = layers
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
+        self.momentum = float(momentum)
         self._scratch: Tensor | None = None
 
     scratch_bytes = 8 << 20  # a weight-gradient block that stays in a CPU's last-level cache
 
     def __call__(
-        self, views: dict[str, Tensor], x: Tensor, y: Tensor, weight: Tensor | None
+        self,
+        views: dict[str, Tensor],
+        x: Tensor,
+        y: Tensor,
+        weight: Tensor | None,
+        momentum: dict[str, Tensor] | None = None,
     ) -> None:
         """``views``: the block's named parameter views ``[m, ...]`` (updated in place); ``x``
         ``[m, B, *features]``; ``y`` ``[m, B]``; ``weight`` ``None`` (every sample counts, the
         loss is the batch mean) or 0/1 ``[m, B]`` (the weighted mean; a node whose weights are
-        all zero is left unchanged)."""
+        all zero is left unchanged, momentum included); ``momentum``: the momentum buffers'
+        views, laid out like ``views`` (needed when the rule has momentum)."""
+        if self.momentum and momentum is None:
+            raise ValueError("this SGD has momentum: pass the momentum buffers' views")
         m, batch = y.shape
         h = x.reshape(m, batch, -1)
         inputs, outputs = [], []
@@ -91,37 +106,70 @@ class FusedLinearSGD:
         grad = (h - h.amax(dim=2, keepdim=True)).exp_()
         grad.div_(grad.sum(dim=2, keepdim=True))
         grad.scatter_add_(2, y.unsqueeze(2), torch.full_like(grad[:, :, :1], -1.0))
-        decay: Tensor | float = 1.0 - self.lr * self.weight_decay
+        active: Tensor | None = None  # 1 for the nodes that take this step, 0 for idle ones
         if weight is None:
             grad.mul_(1.0 / batch)
         else:
             total = weight.sum(dim=1, keepdim=True)
             grad.mul_((weight / total.clamp_min(1.0)).unsqueeze(2))
-            if self.weight_decay:  # idle nodes (no sample this step) must not decay either
-                decay = 1.0 - self.lr * self.weight_decay * (total > 0).to(grad.dtype)
+            active = (total > 0).to(grad.dtype).view(-1)
 
         for i in reversed(range(len(self.layers))):
             layer = self.layers[i]
             w = views[layer.weight]
             below = torch.bmm(grad, w) if i > 0 else None  # with W before its update
-            self._decay(w, decay)
-            self._accumulate(w, grad.transpose(1, 2), inputs[i])
+            buffers = momentum or {}
+            self._step(w, active, buffers.get(layer.weight), (grad.transpose(1, 2), inputs[i]))
             if layer.bias is not None:
-                bias = views[layer.bias]
-                self._decay(bias, decay)
-                bias.add_(grad.sum(dim=1), alpha=-self.lr)
+                self._step(views[layer.bias], active, buffers.get(layer.bias), grad.sum(dim=1))
             if below is not None:
                 activation = self.layers[i - 1].activation
                 if activation is not None:
                     _ACTIVATIONS[activation][1](below, outputs[i - 1])
                 grad = below
 
-    def _accumulate(self, w: Tensor, a: Tensor, b: Tensor) -> None:
-        """``w -= lr * a @ b`` per node. On the CPU a batched GEMM accumulates in place only into
-        a contiguous ``w`` (a strided one sends torch down a per-node loop): rows of the state
-        take the product into a cache-sized scratch block, then one add."""
+    def _step(
+        self,
+        param: Tensor,
+        active: Tensor | None,
+        buffer: Tensor | None,
+        gradient: Tensor | tuple[Tensor, Tensor],
+    ) -> None:
+        """One parameter's update from its loss gradient (zero for idle nodes): a tensor, or a
+        pair ``(a, b)`` whose per-node product ``a @ b`` is the gradient, accumulated by GEMM."""
+
+        def add_gradient(target: Tensor, alpha: float) -> None:
+            if isinstance(gradient, tuple):
+                self._accumulate(target, *gradient, alpha)
+            else:
+                target.add_(gradient, alpha=alpha)
+
+        lr, wd, mu = self.lr, self.weight_decay, self.momentum
+        if buffer is None:  # x <- (1 - lr wd) x - lr grad, idle nodes untouched
+            if wd:
+                param.mul_(1.0 - lr * wd if active is None else _per_node(1.0 - lr * wd * active,
+                                                                          param))
+            add_gradient(param, -lr)
+            return
+        # b <- mu b + grad + wd x (idle nodes keep b); x <- x - lr b (idle nodes keep x)
+        buffer.mul_(mu if active is None else _per_node(1.0 - active * (1.0 - mu), buffer))
+        add_gradient(buffer, 1.0)
+        if wd:
+            if active is None:
+                buffer.add_(param, alpha=wd)
+            else:
+                buffer.addcmul_(param, _per_node(active, param), value=wd)
+        if active is None:
+            param.add_(buffer, alpha=-lr)
+        else:
+            param.addcmul_(buffer, _per_node(active, param), value=-lr)
+
+    def _accumulate(self, w: Tensor, a: Tensor, b: Tensor, alpha: float) -> None:
+        """``w += alpha * a @ b`` per node. On the CPU a batched GEMM accumulates in place only
+        into a contiguous ``w`` (a strided one sends torch down a per-node loop): rows of the
+        state take the product into a cache-sized scratch block, then one add."""
         if w.is_contiguous() or w.device.type != "cpu":
-            w.baddbmm_(a, b, alpha=-self.lr)
+            w.baddbmm_(a, b, alpha=alpha)
             return
         per_node = w[0].numel()
         span = max(1, self.scratch_bytes // (4 * per_node))
@@ -131,14 +179,12 @@ class FusedLinearSGD:
             stop = min(start + span, w.shape[0])
             product = self._scratch[: (stop - start) * per_node].view(stop - start, *w.shape[1:])
             torch.bmm(a[start:stop], b[start:stop], out=product)
-            w[start:stop].add_(product, alpha=-self.lr)
+            w[start:stop].add_(product, alpha=alpha)
 
-    @staticmethod
-    def _decay(param: Tensor, decay: Tensor | float) -> None:
-        if isinstance(decay, Tensor):
-            param.mul_(decay.view(-1, *(1,) * (param.dim() - 1)))
-        elif decay != 1.0:
-            param.mul_(decay)
+
+def _per_node(values: Tensor, like: Tensor) -> Tensor:
+    """A per-node vector ``[m]`` shaped to broadcast against ``like`` ``[m, ...]``."""
+    return values.view(-1, *(1,) * (like.dim() - 1))
 
 
 StepFn = Callable[[dict[str, Tensor], Tensor, Tensor, "Tensor | None"], None]
@@ -149,8 +195,8 @@ def fused_step_for(model: nn.Module, spec, rule) -> FusedLinearSGD | None:
     it covers: an ``nn.Sequential`` of ``Flatten``, ``Linear``, ``ReLU``, ``Tanh``, ``Sigmoid``
     and ``Identity`` ending in a ``Linear`` (at most one activation after each layer, none
     before the first), with no buffers, and the built-in :class:`~murmura.algorithms.rules.SGD`
-    without momentum (weight decay allowed)."""
-    if type(rule) is not SGD or rule.momentum != 0:
+    without Nesterov momentum (momentum and weight decay allowed)."""
+    if type(rule) is not SGD or rule.nesterov:
         return None
     if not isinstance(model, nn.Sequential) or any(True for _ in model.buffers()):
         return None
@@ -179,7 +225,7 @@ def fused_step_for(model: nn.Module, spec, rule) -> FusedLinearSGD | None:
     expected = [n for layer in layers for n in (layer.weight, layer.bias) if n is not None]
     if list(spec.names) != expected:  # frozen parameters, or an order we do not expect
         return None
-    return FusedLinearSGD(tuple(layers), rule.lr, rule.weight_decay)
+    return FusedLinearSGD(tuple(layers), rule.lr, rule.weight_decay, rule.momentum)
 
 
 __all__ = ["FusedLinearSGD", "fused_step_for"]
