@@ -9,8 +9,9 @@ from torch.func import functional_call, grad, vmap
 
 from murmura.algorithms.rules import SGD
 from murmura.data import federate
+from murmura.metrics.evaluation import evaluate_nodes
 from murmura.swarm import Evaluation, Simulation
-from murmura.swarm.fused import fused_step_for
+from murmura.swarm.fused import fused_step_for, linear_stack, node_accuracy_shared_input
 from murmura.swarm.params import ParamSpec
 
 
@@ -196,3 +197,38 @@ def test_which_simulations_take_the_fused_step():
     assert Simulation(data, "logreg", "dsgd", "ring",
                       algorithm_kwargs=dict(momentum=0.9))._fused is not None
     assert Simulation(data, "mlp", "fedavg", fused=False)._fused is None
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("with_scratch", [False, True])
+def test_node_accuracy_on_shared_samples_matches_per_node_evaluation(name, with_scratch):
+    torch.manual_seed(1)
+    model = MODELS[name]()
+    spec = ParamSpec.from_module(model)
+    layers = linear_stack(model, spec)
+    X = torch.randn(9, spec.dim)
+    x, y = torch.randn(40, 2, 3), torch.randint(0, 4, (40,))
+    scratch = torch.empty(40 * 9 * 6) if with_scratch else None
+    fast = node_accuracy_shared_input(layers, spec.views(X), x, y, scratch)
+    expected = evaluate_nodes(model, spec, X, x, y, chunk_size=4)
+    torch.testing.assert_close(fast, expected)
+    assert len(set(expected.tolist())) > 1  # the nodes differ: a real comparison
+
+
+def test_evaluation_reductions_match_float64():
+    data = federate("digits", num_nodes=40, partition="dirichlet", alpha=0.3, seed=0)
+    for fused in (True, False):
+        sim = Simulation(data, "logreg", "dsgd", "ring", evaluation=Evaluation(node_samples=200),
+                         algorithm_kwargs=dict(lr=0.5, local_steps=3), fused=fused, seed=2)
+        record = sim.run(2)[-1]
+        P = sim.params.double()
+        mean = P.mean(dim=0)
+        expected = float(((P - mean) ** 2).sum(dim=1).mean())
+        assert record["consensus_distance"] == pytest.approx(expected, rel=1e-6)
+        torch.testing.assert_close(sim.average_params().double(), mean, rtol=0, atol=1e-6)
+        subset = sim._node_eval_subset
+        test = sim.data.dataset
+        accuracies = evaluate_nodes(sim.model, sim.spec, sim.params, test.test_x[subset],
+                                    test.test_y[subset])
+        assert record["node_accuracy_mean"] == pytest.approx(float(accuracies.mean()), abs=1e-6)
+        assert record["node_accuracy_min"] == pytest.approx(float(accuracies.min()))

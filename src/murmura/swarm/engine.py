@@ -38,7 +38,7 @@ from murmura.metrics.evaluation import evaluate_model, evaluate_nodes
 from murmura.metrics.history import History
 from murmura.models import build_model, check_functional
 from murmura.swarm.batches import BatchSampler
-from murmura.swarm.fused import fused_step_for
+from murmura.swarm.fused import fused_step_for, linear_stack, node_accuracy_shared_input
 from murmura.swarm.memory import tune_allocator
 from murmura.swarm.params import ParamSpec
 from murmura.swarm.random import uniform
@@ -68,6 +68,9 @@ class Evaluation:
                 f"evaluation test_batch_size must be a positive integer, got "
                 f"{self.test_batch_size!r}"
             )
+
+
+_ROWS_PER_SUM = 256  # rows per float32 partial sum in evaluation reductions
 
 
 class NonFiniteError(FloatingPointError):
@@ -165,6 +168,7 @@ class Simulation:
         self._workspace: dict[str, dict[str, torch.Tensor]] | None = None
         self._workspace_rows = 0
         self._batch_buffer: torch.Tensor | None = None
+        self._eval_scratch: torch.Tensor | None = None
         self.bytes_sent = torch.zeros(n, dtype=torch.float64, device=self.device)
         self.bytes_received = torch.zeros(n, dtype=torch.float64, device=self.device)
         self.server_bytes_sent = 0.0
@@ -187,6 +191,8 @@ class Simulation:
         # SGD on a linear stack: backprop written out, gradients accumulated straight
         # into the state (murmura.swarm.fused); everything else goes through vmap(grad)
         self._fused = fused_step_for(self.model, self.spec, algorithm.local_rule) if fused else None
+        # the same models evaluate every node on shared samples with one GEMM for the first layer
+        self._stack = linear_stack(self.model, self.spec) if fused else None
         self.chunk_size = int(chunk_size) if chunk_size is not None else self._auto_chunk_size()
         self._grad_fn = vmap(algorithm.local_rule.gradient(self._loss))
         self._weighted_grad_fn = vmap(algorithm.local_rule.gradient(self._weighted_loss))
@@ -710,9 +716,13 @@ class Simulation:
         return self._wall
 
     def average_params(self) -> torch.Tensor:
-        """x̄ = (1/n) sum_i x_i, summed in float64."""
-        total = self._all_sum(self.params.sum(dim=0, dtype=torch.float64))
-        return (total / self.num_nodes).to(self.params.dtype)
+        """x̄ = (1/n) sum_i x_i: float32 sums over blocks of rows, accumulated in float64 (a
+        float64 copy of the whole state, what ``sum(dtype=float64)`` makes, cost more than all
+        the rest of an evaluation)."""
+        total = torch.zeros(self.spec.dim, dtype=torch.float64, device=self.device)
+        for start in range(0, self.local_nodes, _ROWS_PER_SUM):
+            total += self.params[start : start + _ROWS_PER_SUM].sum(dim=0)
+        return (self._all_sum(total) / self.num_nodes).to(self.params.dtype)
 
     def evaluate(self) -> dict[str, float]:
         dataset = self.data.dataset
@@ -739,10 +749,7 @@ class Simulation:
                     self.model, self.spec, self.params[:1], x, y, self.buffers
                 ).expand(self.local_nodes)
             else:
-                node_acc = evaluate_nodes(
-                    self.model, self.spec, self.params, x, y, self.buffers,
-                    self._eval_chunk_size(len(y)),
-                )
+                node_acc = self._node_accuracies(x, y)
             total = self._all_sum(node_acc.sum(dtype=torch.float64).reshape(1))
             result.update(
                 node_accuracy_mean=float(total) / self.num_nodes,
@@ -750,6 +757,26 @@ class Simulation:
                 node_accuracy_max=float(self._all_max(node_acc.max().reshape(1))),
             )
         return result
+
+    def _node_accuracies(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Every local node's accuracy on the samples ``(x, y)``: ``[local_nodes]``."""
+        shapes = dict(zip(self.spec.names, self.spec.shapes))
+        if self._stack is None or shapes[self._stack[0].weight][0] > 64:
+            # per-node products with a wide first layer already run near the GEMM rate
+            chunk = self._eval_chunk_size(len(y))
+            return evaluate_nodes(self.model, self.spec, self.params, x, y, self.buffers, chunk)
+        # per node: a copy of its first layer, and each layer's outputs about three times over;
+        # the shared input is not per node
+        outputs = sum(shapes[layer.weight][0] for layer in self._stack)
+        per_node = 4 * (self.spec.dim + 3 * len(y) * outputs)
+        chunk = max(1, min(self.local_nodes, self._memory_budget() // per_node))
+        first = shapes[self._stack[0].weight][0]
+        if self._eval_scratch is None or self._eval_scratch.numel() < len(y) * chunk * first:
+            self._eval_scratch = torch.empty(len(y) * chunk * first, device=self.device)
+        blocks = (self.spec.views(self.params[start : start + chunk])
+                  for start in range(0, self.local_nodes, chunk))
+        return torch.cat([node_accuracy_shared_input(self._stack, views, x, y, self._eval_scratch)
+                          for views in blocks])
 
     # Reductions over every node's row. One process holds them all, so these are identities;
     # a sharded simulation (murmura.dist) reduces across processes.
@@ -768,10 +795,12 @@ class Simulation:
         return bool(self._all_max(torch.tensor([float(flag)], device=self.device)) > 0)
 
     def _consensus_distance(self, mean: torch.Tensor) -> float:
+        """(1/n) sum_i ||x_i - x̄||²: each row's squared distance in float32 (the differences
+        come first, so nothing cancels), summed over rows in float64."""
         total = torch.zeros(1, dtype=torch.float64, device=self.device)
-        for start in range(0, self.local_nodes, 1024):
-            block = self.params[start : start + 1024] - mean
-            total += torch.linalg.vector_norm(block, dim=1, dtype=torch.float64).square().sum()
+        for start in range(0, self.local_nodes, _ROWS_PER_SUM):
+            block = (self.params[start : start + _ROWS_PER_SUM] - mean).square_()
+            total += block.sum(dim=1).sum(dtype=torch.float64)
         return float(self._all_sum(total)) / self.num_nodes
 
     def check_finite(self) -> None:

@@ -190,14 +190,11 @@ def _per_node(values: Tensor, like: Tensor) -> Tensor:
 StepFn = Callable[[dict[str, Tensor], Tensor, Tensor, "Tensor | None"], None]
 
 
-def fused_step_for(model: nn.Module, spec, rule) -> FusedLinearSGD | None:
-    """The fused step for ``model`` trained by ``rule``, or ``None`` when either is outside what
-    it covers: an ``nn.Sequential`` of ``Flatten``, ``Linear``, ``ReLU``, ``Tanh``, ``Sigmoid``
-    and ``Identity`` ending in a ``Linear`` (at most one activation after each layer, none
-    before the first), with no buffers, and the built-in :class:`~murmura.algorithms.rules.SGD`
-    without Nesterov momentum (momentum and weight decay allowed)."""
-    if type(rule) is not SGD or rule.nesterov:
-        return None
+def linear_stack(model: nn.Module, spec) -> tuple[_Layer, ...] | None:
+    """``model``'s layers when it is an ``nn.Sequential`` of ``Flatten``, ``Linear``, ``ReLU``,
+    ``Tanh``, ``Sigmoid`` and ``Identity`` ending in a ``Linear`` (at most one activation after
+    each layer, none before the first, ``Flatten`` only first), with no buffers and every
+    parameter trainable; else ``None``."""
     if not isinstance(model, nn.Sequential) or any(True for _ in model.buffers()):
         return None
     layers: list[_Layer] = []
@@ -225,7 +222,60 @@ def fused_step_for(model: nn.Module, spec, rule) -> FusedLinearSGD | None:
     expected = [n for layer in layers for n in (layer.weight, layer.bias) if n is not None]
     if list(spec.names) != expected:  # frozen parameters, or an order we do not expect
         return None
-    return FusedLinearSGD(tuple(layers), rule.lr, rule.weight_decay, rule.momentum)
+    return tuple(layers)
 
 
-__all__ = ["FusedLinearSGD", "fused_step_for"]
+def fused_step_for(model: nn.Module, spec, rule) -> FusedLinearSGD | None:
+    """The fused step for ``model`` trained by ``rule``, or ``None`` when either is outside what
+    it covers: a :func:`linear_stack` trained by the built-in
+    :class:`~murmura.algorithms.rules.SGD` without Nesterov momentum (momentum and weight decay
+    allowed)."""
+    if type(rule) is not SGD or rule.nesterov:
+        return None
+    layers = linear_stack(model, spec)
+    if layers is None:
+        return None
+    return FusedLinearSGD(layers, rule.lr, rule.weight_decay, rule.momentum)
+
+
+@torch.no_grad()
+def node_accuracy_shared_input(
+    layers: tuple[_Layer, ...],
+    views: dict[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    scratch: Tensor | None = None,
+) -> Tensor:
+    """Accuracy of every node's model (``views``: ``[m, ...]``) on the same samples ``x``: the
+    first layer for all nodes as one GEMM (``x @ [W_1; ...; W_m]^T``) instead of ``m`` thin
+    per-node products (a logistic regression's 10 outputs make those slow), the rest per node.
+    ``scratch``: an optional flat buffer of at least ``S * m * out`` floats for the first
+    layer's output (a fresh one costs page faults). ``[m]``."""
+    first = layers[0]
+    weight = views[first.weight]
+    m, out_features = weight.shape[0], weight.shape[1]
+    h = x.reshape(x.shape[0], -1)
+    size = len(h) * m * out_features
+    out = None if scratch is None or scratch.numel() < size else scratch[:size]
+    z = torch.mm(h, weight.reshape(m * out_features, -1).T,
+                 out=None if out is None else out.view(len(h), m * out_features))
+    z = z.view(len(h), m, out_features)  # [S, m, out]
+    if first.bias is not None:
+        z.add_(views[first.bias])
+    if first.activation is not None:
+        z = _ACTIVATIONS[first.activation][0](z)
+    if len(layers) == 1:
+        return (z.argmax(dim=2) == y.unsqueeze(1)).to(torch.float32).mean(dim=0)
+    z = z.transpose(0, 1)  # [m, S, out]
+    for layer in layers[1:]:
+        w = views[layer.weight]
+        if layer.bias is None:
+            z = torch.bmm(z, w.transpose(1, 2))
+        else:
+            z = torch.baddbmm(views[layer.bias].unsqueeze(1), z, w.transpose(1, 2))
+        if layer.activation is not None:
+            z = _ACTIVATIONS[layer.activation][0](z)
+    return (z.argmax(dim=2) == y).to(torch.float32).mean(dim=1)
+
+
+__all__ = ["FusedLinearSGD", "fused_step_for", "linear_stack", "node_accuracy_shared_input"]
