@@ -232,3 +232,19 @@ def test_evaluation_reductions_match_float64():
                                     test.test_y[subset])
         assert record["node_accuracy_mean"] == pytest.approx(float(accuracies.mean()), abs=1e-6)
         assert record["node_accuracy_min"] == pytest.approx(float(accuracies.min()))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_a_step_from_identical_rows_can_share_the_forward_pass(name):
+    torch.manual_seed(2)
+    model = MODELS[name]()
+    spec = ParamSpec.from_module(model)
+    step = fused_step_for(model, spec, SGD(lr=0.2, momentum=0.5))
+    X = torch.randn(1, spec.dim).repeat(6, 1)  # every node holds the same model
+    x, y = torch.randn(6, 4, 6), torch.randint(0, 4, (6, 4))
+    per_node, shared = X.clone(), X.clone()
+    B1, B2 = torch.zeros_like(X), torch.zeros_like(X)
+    step(spec.views(per_node), x, y, None, spec.views(B1))
+    step(spec.views(shared), x, y, None, spec.views(B2), shared=True)
+    torch.testing.assert_close(shared, per_node, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(shared[0], shared[1])  # the nodes' own data made them differ

@@ -392,8 +392,12 @@ class Simulation:
             masked = (low < counts.max(dim=0).values).tolist()
         return alive, width, masked
 
-    def train(self, participants: torch.Tensor | None, round_index: int) -> None:
-        """Local update: every participant takes its local steps, block by block, in place."""
+    def train(
+        self, participants: torch.Tensor | None, round_index: int, rows_identical: bool = False
+    ) -> None:
+        """Local update: every participant takes its local steps, block by block, in place.
+        ``rows_identical``: every node holds the same parameters (after a server average), which
+        the fused step uses for its first step."""
         if self.algorithm.local_work.reset_state_each_round:
             for buf in self.local_state.values():
                 buf.zero_()
@@ -419,7 +423,8 @@ class Simulation:
             state = {k: v[where] for k, v in self.local_state.items()}
             alive, width, masked = self._step_shapes(plan, num_steps, stop - start)
             if self._fused is not None:
-                self._train_block_fused(X, state, plan, num_steps, alive, width, masked)
+                self._train_block_fused(X, state, plan, num_steps, alive, width, masked,
+                                        rows_identical)
             else:
                 self._train_block_generic(X, state, plan, num_steps, alive, width, masked)
             if not contiguous:
@@ -477,7 +482,7 @@ class Simulation:
     @torch.no_grad()
     def _train_block_fused(
         self, X: torch.Tensor, state: dict, plan: Any, num_steps: int, alive: list,
-        width: list, masked: list,
+        width: list, masked: list, rows_identical: bool = False,
     ) -> None:
         """A block's local steps by the fused linear-SGD step. On the CPU a batched GEMM can
         accumulate in place only into contiguous weights: with 2 steps or more the block works
@@ -506,7 +511,10 @@ class Simulation:
                     for kind, bufs in self._workspace.items()}
             for kind, bufs in work.items():
                 for name, buf in bufs.items():
-                    buf.copy_(rows[kind][name])
+                    source = rows[kind][name]
+                    # identical rows: read one and broadcast it, not the whole block
+                    buf.copy_(source[:1].expand_as(buf) if rows_identical and kind == "params"
+                              else source)
         for step in range(num_steps):
             m = alive[step]
             index = plan.index[:m, step, : width[step]]
@@ -516,7 +524,7 @@ class Simulation:
                 kind: {name: buf[:m] for name, buf in bufs.items()} for kind, bufs in work.items()
             }
             self._fused(views["params"], xb.view(*index.shape, -1), dataset.train_y[index],
-                        weight, views.get("momentum"))
+                        weight, views.get("momentum"), shared=rows_identical and step == 0)
         if copied:
             for kind, bufs in work.items():
                 for name, buf in bufs.items():
@@ -556,8 +564,8 @@ class Simulation:
         ctx = self.context(total_rounds)
         t0 = time.perf_counter()
         participants = algo.participation.select(ctx)
-        self._rows_identical = False
-        self.train(participants, self.round)
+        rows_identical, self._rows_identical = self._rows_identical, False
+        self.train(participants, self.round, rows_identical)
         t1 = time.perf_counter()
         sent_before, received_before = self._sent_before, self._received_before
         action = algo.schedule.action(self.round, total_rounds)
