@@ -19,29 +19,19 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engine import timed  # noqa: E402  (median seconds after a warm-up, as the engine benchmark)
 
 CASES = [
     dict(label="D-SGD, logreg, random 4-regular, 10,000 nodes", nodes=10_000, model="logreg"),
     dict(label="D-SGD, MLP 784-200-10, random 4-regular, 1,000 nodes", nodes=1_000, model="mlp"),
 ]
-
-
-def median_seconds(fn, repeat: int = 3) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 @torch.no_grad()
@@ -70,15 +60,15 @@ def run_case(case: dict, root: str | None) -> dict:
     sim = Simulation(data, case["model"], "dsgd", "random_regular", topology_kwargs={"k": 4},
                      algorithm_kwargs=dict(lr=0.05, local_steps=1, batch_size=8),
                      evaluation=Evaluation(every=0), seed=0)
-    round_s = median_seconds(lambda: sim.step(100))
+    round_s = timed(lambda: sim.step(100), 3)
     ours = sim.evaluate()
     reference = straightforward(sim)
     for key, value in reference.items():
         if abs(ours[key] - value) > 1e-6 * max(1.0, abs(value)):
             raise SystemExit(f"{case['label']}: {key} differs: murmura {ours[key]!r}, "
                              f"straightforward {value!r}")
-    result = dict(case, round_s=round_s, evaluate_s=median_seconds(sim.evaluate),
-                  straightforward_s=median_seconds(lambda: straightforward(sim)))
+    result = dict(case, round_s=round_s, evaluate_s=timed(sim.evaluate, 3),
+                  straightforward_s=timed(lambda: straightforward(sim), 3))
     result["speedup"] = result["straightforward_s"] / result["evaluate_s"]
     return result
 

@@ -103,12 +103,10 @@ class FusedLinearSGD:
                     h = (flat @ w[0].T).view(m, batch, -1)
                 else:
                     h = torch.addmm(views[layer.bias][0], flat, w[0].T).view(m, batch, -1)
-            elif layer.bias is None:
-                h = torch.bmm(h, w.transpose(1, 2))
+                if layer.activation is not None:
+                    h = _ACTIVATIONS[layer.activation][0](h)
             else:
-                h = torch.baddbmm(views[layer.bias].unsqueeze(1), h, w.transpose(1, 2))
-            if layer.activation is not None:
-                h = _ACTIVATIONS[layer.activation][0](h)
+                h = _per_node_layer(layer, views, h)
             outputs.append(h)
 
         # d(loss)/d(logits) = (softmax - onehot) / batch, or weighted per sample; softmax
@@ -193,6 +191,19 @@ class FusedLinearSGD:
             product = self._scratch[: (stop - start) * per_node].view(stop - start, *w.shape[1:])
             torch.bmm(a[start:stop], b[start:stop], out=product)
             w[start:stop].add_(product, alpha=alpha)
+
+
+def _per_node_layer(layer: _Layer, views: dict[str, Tensor], h: Tensor) -> Tensor:
+    """One layer (and its activation) for every node on its own inputs: ``[m, B, in]`` ->
+    ``[m, B, out]``."""
+    w = views[layer.weight]
+    if layer.bias is None:
+        h = torch.bmm(h, w.transpose(1, 2))
+    else:
+        h = torch.baddbmm(views[layer.bias].unsqueeze(1), h, w.transpose(1, 2))
+    if layer.activation is not None:
+        h = _ACTIVATIONS[layer.activation][0](h)
+    return h
 
 
 def _per_node(values: Tensor, like: Tensor) -> Tensor:
@@ -281,13 +292,7 @@ def node_accuracy_shared_input(
         return (z.argmax(dim=2) == y.unsqueeze(1)).to(torch.float32).mean(dim=0)
     z = z.transpose(0, 1)  # [m, S, out]
     for layer in layers[1:]:
-        w = views[layer.weight]
-        if layer.bias is None:
-            z = torch.bmm(z, w.transpose(1, 2))
-        else:
-            z = torch.baddbmm(views[layer.bias].unsqueeze(1), z, w.transpose(1, 2))
-        if layer.activation is not None:
-            z = _ACTIVATIONS[layer.activation][0](z)
+        z = _per_node_layer(layer, views, z)
     return (z.argmax(dim=2) == y).to(torch.float32).mean(dim=1)
 
 
