@@ -248,3 +248,22 @@ def test_a_step_from_identical_rows_can_share_the_forward_pass(name):
     step(spec.views(shared), x, y, None, spec.views(B2), shared=True)
     torch.testing.assert_close(shared, per_node, rtol=1e-5, atol=1e-6)
     assert not torch.equal(shared[0], shared[1])  # the nodes' own data made them differ
+
+
+def test_rows_edited_after_a_server_average_are_not_taken_as_identical():
+    """A server average makes every row the same model (the fused step then broadcasts one row
+    and shares the first forward pass); a caller editing the state between rounds voids that."""
+    data = federate("digits", num_nodes=8, partition="iid", seed=0)
+    results = []
+    for fused in (True, False):
+        sim = Simulation(data, "mlp", "fedavg", model_kwargs={"hidden": [16]}, fused=fused,
+                         algorithm_kwargs=dict(lr=0.1, local_steps=3, batch_size=8),
+                         evaluation=Evaluation(every=0), seed=1)
+        sim.step(3)
+        assert sim._rows_identical()
+        with torch.no_grad():
+            sim.params[3] += 0.05  # e.g. a test or an attack touching one node between rounds
+        assert not sim._rows_identical()
+        sim.step(3)
+        results.append(sim.params.clone())
+    torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-5)

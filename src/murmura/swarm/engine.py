@@ -202,7 +202,8 @@ class Simulation:
         self.history = History()
         self._wall = 0.0
         self._sent_before = self._received_before = 0.0
-        self._rows_identical = False
+        # (state tensor, its version) when a server average made every row the same model
+        self._identical: tuple[torch.Tensor, int] | None = None
 
     # ---------------------------------------------------------------- setup
 
@@ -564,7 +565,8 @@ class Simulation:
         ctx = self.context(total_rounds)
         t0 = time.perf_counter()
         participants = algo.participation.select(ctx)
-        rows_identical, self._rows_identical = self._rows_identical, False
+        rows_identical = self._rows_identical()
+        self._identical = None
         self.train(participants, self.round, rows_identical)
         t1 = time.perf_counter()
         sent_before, received_before = self._sent_before, self._received_before
@@ -578,7 +580,8 @@ class Simulation:
             plan = None
         self.communicate(plan)
         # after a server average every node holds x̄: evaluation can skip summing the state
-        self._rows_identical = isinstance(plan, Average) and plan.receivers is None
+        if isinstance(plan, Average) and plan.receivers is None:
+            self._identical = (self.params, self.params._version)
         t2 = time.perf_counter()
         record: dict[str, Any] = {"round": self.round, "communicated": action}
         if self._should_evaluate(total_rounds):
@@ -683,7 +686,7 @@ class Simulation:
         self._wall = float(values.get("wall_seconds", 0.0))
         self.history = History(values.get("history", []))
         self._sent_before, self._received_before, _, _ = self._ledger_totals()
-        self._rows_identical = False
+        self._identical = None
 
     # ---------------------------------------------------------------- measurement
 
@@ -734,7 +737,8 @@ class Simulation:
 
     def evaluate(self) -> dict[str, float]:
         dataset = self.data.dataset
-        mean = self.params[0].clone() if self._rows_identical else self.average_params()
+        identical = self._rows_identical()
+        mean = self.params[0].clone() if identical else self.average_params()
         acc, loss = evaluate_model(
             self.model,
             self.spec,
@@ -745,7 +749,7 @@ class Simulation:
             self.evaluation.test_batch_size,
         )
         result = {"test_accuracy": acc, "test_loss": loss}
-        distance = 0.0 if self._rows_identical else self._consensus_distance(mean)
+        distance = 0.0 if identical else self._consensus_distance(mean)
         if not math.isfinite(distance):
             self._check_finite(last_round=self.round)
         result["consensus_distance"] = distance
@@ -765,6 +769,13 @@ class Simulation:
                 node_accuracy_max=float(self._all_max(node_acc.max().reshape(1))),
             )
         return result
+
+    def _rows_identical(self) -> bool:
+        """Whether every row is known to hold the same model: true after a server average, void
+        as soon as the state is written in place or replaced (torch counts in-place writes in
+        ``_version``), so a caller editing ``sim.params`` between rounds cannot mislead it."""
+        return (self._identical is not None and self._identical[0] is self.params
+                and self._identical[1] == self.params._version)
 
     def _node_accuracies(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Every local node's accuracy on the samples ``(x, y)``: ``[local_nodes]``."""
