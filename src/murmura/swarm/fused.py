@@ -12,6 +12,8 @@ accumulated straight into the parameters (or the momentum buffer) by one batched
 so the step reads and writes the state once and allocates no gradient. The engine uses this path
 when :func:`fused_step_for` accepts the model and the rule, and the generic one otherwise; the two
 agree to float32 rounding (``tests/test_fused.py``). ``Simulation(..., fused=False)`` turns it off.
+The same models also evaluate every node on shared test samples with one GEMM for the first
+layer (:func:`node_accuracy_shared_input`).
 
 >>> import torch
 >>> from torch import nn
@@ -209,9 +211,6 @@ def _per_node_layer(layer: _Layer, views: dict[str, Tensor], h: Tensor) -> Tenso
 def _per_node(values: Tensor, like: Tensor) -> Tensor:
     """A per-node vector ``[m]`` shaped to broadcast against ``like`` ``[m, ...]``."""
     return values.view(-1, *(1,) * (like.dim() - 1))
-
-
-StepFn = Callable[[dict[str, Tensor], Tensor, Tensor, "Tensor | None"], None]
 
 
 def linear_stack(model: nn.Module, spec) -> tuple[_Layer, ...] | None:
