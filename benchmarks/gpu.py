@@ -33,11 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine import mlp_step_flops  # noqa: E402  (the engine benchmark's FLOP count)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from scale import copy_bandwidth, synchronize  # noqa: E402  (the scale benchmark's probes)
 
 
 def matmul_rate(device: torch.device, size: int) -> float:
@@ -53,21 +49,6 @@ def matmul_rate(device: torch.device, size: int) -> float:
         synchronize(device)
         times.append(time.perf_counter() - start)
     return 2 * size**3 / min(times)
-
-
-def copy_bandwidth(device: torch.device, nbytes: int) -> float:
-    """Bytes per second of a device-to-device copy (read + write counted), best of 10."""
-    src = torch.ones(nbytes // 4, device=device)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    synchronize(device)
-    best = float("inf")
-    for _ in range(10):
-        start = time.perf_counter()
-        dst.copy_(src)
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * nbytes / best
 
 
 def main() -> None:
@@ -139,7 +120,8 @@ def main() -> None:
 
     peak = matmul_rate(device, 8192 if device.type == "cuda" else 2048)
     result["matmul_fp32_flop_s"] = peak
-    bandwidth = copy_bandwidth(device, (1 << 30) if device.type == "cuda" else (256 << 20))
+    bandwidth = copy_bandwidth((1 << 30) if device.type == "cuda" else (256 << 20), str(device),
+                               repeat=10)
     result["copy_bandwidth_bytes_s"] = bandwidth
     print(f"{result['device']}: FedAvg MLP 784-200-10, {args.nodes:,} nodes, 1 epoch of 64 "
           f"samples, batch 32; fp32 matmul {peak / 1e12:.2f} TFLOP/s", flush=True)

@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 
-def copy_bandwidth(nbytes: int = 512 << 20, device: str = "cpu") -> float:
-    """Bytes per second of a large tensor copy (read + write counted), best of 3."""
+def copy_bandwidth(nbytes: int = 512 << 20, device: str = "cpu", repeat: int = 3) -> float:
+    """Bytes per second of a large tensor copy (read + write counted), best of ``repeat``."""
     import torch
 
     a = torch.empty(nbytes // 4, device=device)
@@ -38,7 +38,7 @@ def copy_bandwidth(nbytes: int = 512 << 20, device: str = "cpu") -> float:
     b = torch.empty_like(a)
     b.copy_(a)
     best = float("inf")
-    for _ in range(3):
+    for _ in range(repeat):
         synchronize(device)
         start = time.perf_counter()
         b.copy_(a)
@@ -47,10 +47,11 @@ def copy_bandwidth(nbytes: int = 512 << 20, device: str = "cpu") -> float:
     return 2 * nbytes / best
 
 
-def synchronize(device: str) -> None:
+def synchronize(device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU); ``device``: a name or device."""
     import torch
 
-    if device.startswith("cuda"):
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
 
 
