@@ -1,0 +1,208 @@
+"""Local training, the first stage of a round: every participant takes its local steps, in
+blocks of nodes, in place on the state's rows (a vmapped gradient and the rule's update, or the
+fused linear-SGD step)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+
+class LocalTraining:
+    """The local-update stage of :class:`~murmura.swarm.engine.Simulation`."""
+
+    def _loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor):
+        out = functional_call(self.model, (params, self.buffers), (x,))
+        return F.cross_entropy(out, y)
+
+    def _weighted_loss(self, params, x, y, w):
+        out = functional_call(self.model, (params, self.buffers), (x,))
+        losses = F.cross_entropy(out, y, reduction="none")
+        return (losses * w).sum() / w.sum().clamp_min(1.0)
+
+    def _order(self, participants: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
+        """The nodes to train, in block order, and whether blocks can be slices of the state.
+
+        When nodes take different numbers of steps (epochs over unequal partitions) they are
+        sorted by size, so a block stops as soon as its own nodes are done instead of computing
+        masked steps for the largest node's epoch. Results do not depend on the order: every
+        draw is keyed by node."""
+        ids = participants
+        if ids is None:
+            ids = torch.arange(self.first_node, self.last_node, device=self.device)
+        elif self.local_nodes != self.num_nodes:
+            ids = ids[(ids >= self.first_node) & (ids < self.last_node)]
+        if len(ids) == 0:
+            return ids, False
+        sizes = self.data.sizes[ids]
+        uneven = self.sampler.epochs is not None and bool((sizes != sizes[0]).any())
+        if uneven:
+            ids = ids[torch.argsort(sizes, descending=True, stable=True)]
+        return ids, participants is None and not uneven
+
+    def _step_shapes(
+        self, plan: Any, num_steps: int, block: int
+    ) -> tuple[list[int], list[int], list[bool]]:
+        """For each step of a block: how many nodes still train, how many batch columns the
+        fullest of them needs, and whether some of them need fewer (masked samples).
+
+        Nodes are sorted by their number of steps, so the nodes still training at a step are a
+        prefix of the block: a step computes exactly those. Valid samples come first in every
+        batch, so a step computes only the columns its fullest node needs, and masks nothing
+        when every node has that many."""
+        if plan.active is None:
+            alive = [block] * num_steps
+        else:
+            steps_of = plan.active.sum(dim=1)
+            still = steps_of.unsqueeze(1) > torch.arange(num_steps, device=steps_of.device)
+            alive = still.sum(dim=0).tolist()
+        width = [self.sampler.batch_size] * num_steps
+        masked = [False] * num_steps
+        if plan.weight is not None:
+            counts = plan.weight.sum(dim=2)
+            width = counts.max(dim=0).values.to(torch.int64).tolist()
+            low = torch.where(counts > 0, counts, float("inf")).min(dim=0).values
+            masked = (low < counts.max(dim=0).values).tolist()
+        return alive, width, masked
+
+    def train(
+        self, participants: torch.Tensor | None, round_index: int, rows_identical: bool = False
+    ) -> None:
+        """Local update: every participant takes its local steps, block by block, in place.
+        ``rows_identical``: every node holds the same parameters (after a server average), which
+        the fused step uses for its first step."""
+        if self.algorithm.local_work.reset_state_each_round:
+            for buf in self.local_state.values():
+                buf.zero_()
+        ids, contiguous = self._order(participants)
+        # The round's minibatches in one vectorized call (hashing is cheap per element, costly
+        # per call): for every node at once when all take the same number of steps, else per
+        # block (blocks of similar sizes, see _order).
+        whole = None
+        if len(ids) and (self.sampler.steps is not None
+                         or bool((self.data.sizes[ids] == self.data.sizes[ids[0]]).all())):
+            whole = self.sampler.batches(ids, round_index, 0, self.sampler.num_steps(ids))
+        for start in range(0, len(ids), self.chunk_size):
+            stop = min(start + self.chunk_size, len(ids))
+            nodes = ids[start:stop]
+            where: Any = slice(start, stop) if contiguous else nodes - self.first_node
+            if whole is not None:
+                plan = whole.rows(start, stop)
+                num_steps = plan.index.shape[1]
+            else:
+                num_steps = self.sampler.num_steps(nodes)
+                plan = self.sampler.batches(nodes, round_index, 0, num_steps)
+            X = self.params[where]
+            state = {k: v[where] for k, v in self.local_state.items()}
+            alive, width, masked = self._step_shapes(plan, num_steps, stop - start)
+            if self._fused is not None:
+                self._train_block_fused(X, state, plan, num_steps, alive, width, masked,
+                                        rows_identical)
+            else:
+                self._train_block_generic(X, state, plan, num_steps, alive, width, masked)
+            if not contiguous:
+                self.params[where] = X
+                for k, v in state.items():
+                    self.local_state[k][where] = v
+
+    def _train_block_generic(
+        self, X: torch.Tensor, state: dict, plan: Any, num_steps: int, alive: list,
+        width: list, masked: list,
+    ) -> None:
+        """A block's local steps: the vmapped gradient, then the rule's update per parameter."""
+        rule = self.algorithm.local_rule
+        dataset = self.data.dataset
+        feature = dataset.feature_shape
+        train_x, train_y = dataset.train_x, dataset.train_y
+        index_all, weight_all = plan.index, plan.weight
+        views_for: dict[int, tuple[dict, dict]] = {}
+        for step in range(num_steps):
+            m = alive[step]
+            if m not in views_for:
+                views_for[m] = (
+                    self.spec.views(X[:m]),
+                    {k: self.spec.views(v[:m]) for k, v in state.items()},
+                )
+            param_views, state_views = views_for[m]
+            index = index_all[:m, step, : width[step]]
+            xb = self._gather(train_x, index).view(*index.shape, *feature)
+            yb = train_y[index]
+            if not masked[step]:
+                grads = self._grad_fn(param_views, xb, yb)
+                active = None
+            else:
+                weight = weight_all[:m, step, : width[step]]
+                grads = self._weighted_grad_fn(param_views, xb, yb, weight)
+                active = (weight.sum(dim=1) > 0).to(X.dtype)
+            with torch.no_grad():
+                for name in self.spec.names:
+                    p = param_views[name]
+                    a = None if active is None else active.view(-1, *(1,) * (p.dim() - 1))
+                    rule.update(
+                        p, grads[name], {k: v[name] for k, v in state_views.items()}, a
+                    )
+
+    def _gather(self, samples: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``samples[index]`` (flattened index) into a buffer kept across steps: a fresh
+        minibatch tensor every step costs page faults that cost more than the gather."""
+        count = index.numel()
+        size = count * math.prod(samples.shape[1:])
+        if self._batch_buffer is None or self._batch_buffer.numel() < size:
+            self._batch_buffer = torch.empty(size, dtype=samples.dtype, device=samples.device)
+        out = self._batch_buffer[:size].view(count, *samples.shape[1:])
+        return torch.index_select(samples, 0, index.reshape(-1), out=out)
+
+    @torch.no_grad()
+    def _train_block_fused(
+        self, X: torch.Tensor, state: dict, plan: Any, num_steps: int, alive: list,
+        width: list, masked: list, rows_identical: bool = False,
+    ) -> None:
+        """A block's local steps by the fused linear-SGD step. On the CPU a batched GEMM can
+        accumulate in place only into contiguous weights: with 2 steps or more the block works
+        on a contiguous copy of its parameters (and momentum), copied in and out once per round;
+        with fewer, the copies would cost more than they save and the step updates the state's
+        rows through a scratch block (see FusedLinearSGD._accumulate)."""
+        dataset = self.data.dataset
+        block = X.shape[0]
+        rows = {"params": self.spec.views(X)}
+        rows.update({k: self.spec.views(v) for k, v in state.items()})
+        work = rows
+        copied = self.device.type == "cpu" and num_steps >= 2
+        if copied:
+            if self._workspace is None or self._workspace_rows < block or set(
+                self._workspace
+            ) != set(rows):
+                self._workspace = {
+                    kind: {
+                        name: torch.empty(block, *shape, device=self.device)
+                        for name, shape in zip(self.spec.names, self.spec.shapes)
+                    }
+                    for kind in rows
+                }
+                self._workspace_rows = block
+            work = {kind: {name: buf[:block] for name, buf in bufs.items()}
+                    for kind, bufs in self._workspace.items()}
+            for kind, bufs in work.items():
+                for name, buf in bufs.items():
+                    source = rows[kind][name]
+                    # identical rows: read one and broadcast it, not the whole block
+                    buf.copy_(source[:1].expand_as(buf) if rows_identical and kind == "params"
+                              else source)
+        for step in range(num_steps):
+            m = alive[step]
+            index = plan.index[:m, step, : width[step]]
+            xb = self._gather(dataset.train_x, index)
+            weight = plan.weight[:m, step, : width[step]] if masked[step] else None
+            views = work if m == block else {
+                kind: {name: buf[:m] for name, buf in bufs.items()} for kind, bufs in work.items()
+            }
+            self._fused(views["params"], xb.view(*index.shape, -1), dataset.train_y[index],
+                        weight, views.get("momentum"), shared=rows_identical and step == 0)
+        if copied:
+            for kind, bufs in work.items():
+                for name, buf in bufs.items():
+                    rows[kind][name].copy_(buf)

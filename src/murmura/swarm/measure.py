@@ -1,0 +1,181 @@
+"""Measurement: evaluation of the average and the nodes' models, consensus distance, byte totals,
+and the reductions over nodes that a sharded simulation replaces with all-reduces."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from murmura.metrics.evaluation import evaluate_model, evaluate_nodes
+from murmura.swarm.fused import node_accuracy_shared_input
+from murmura.swarm.random import uniform
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What to measure and how often. ``every=0`` turns evaluation off (benchmarks)."""
+
+    every: int = 1
+    node_samples: int = 500
+    test_batch_size: int = 4096
+
+    def __post_init__(self) -> None:
+        if int(self.every) != self.every or self.every < 0:
+            raise ValueError(f"evaluation every must be an integer >= 0, got {self.every!r}")
+        if int(self.node_samples) != self.node_samples or self.node_samples < 0:
+            raise ValueError(
+                f"evaluation node_samples must be an integer >= 0, got {self.node_samples!r}"
+            )
+        if int(self.test_batch_size) != self.test_batch_size or self.test_batch_size < 1:
+            raise ValueError(
+                f"evaluation test_batch_size must be a positive integer, got "
+                f"{self.test_batch_size!r}"
+            )
+
+
+_ROWS_PER_SUM = 256  # rows per float32 partial sum in evaluation reductions
+
+
+class NonFiniteError(FloatingPointError):
+    """A node's parameters became NaN or Inf."""
+
+
+class Measurement:
+    """The bookkeeping stage of :class:`~murmura.swarm.engine.Simulation`."""
+
+    def _eval_chunk_size(self, samples: int) -> int:
+        per_node = 4 * (self.spec.dim + 2 * samples * self._activations_per_sample)
+        return max(1, min(self.num_nodes, self._memory_budget() // per_node))
+
+    def _pick_node_eval_subset(self) -> torch.Tensor | None:
+        k = min(self.evaluation.node_samples, len(self.data.dataset.test_y))
+        if k == 0:
+            return None
+        keys = uniform(self.seed, "node-eval", torch.arange(len(self.data.dataset.test_y)))
+        return torch.sort(torch.topk(keys, k, largest=False).indices).values.to(self.device)
+
+    def _ledger_totals(self) -> tuple[float, float, float, float]:
+        """Bytes sent and received by all nodes, and by the busiest node, so far."""
+        sums = self._all_sum(torch.stack([self.bytes_sent.sum(), self.bytes_received.sum()]))
+        maxes = self._all_max(torch.stack([self.bytes_sent.max(), self.bytes_received.max()]))
+        return float(sums[0]), float(sums[1]), float(maxes[0]), float(maxes[1])
+
+    def _should_evaluate(self, total_rounds: int) -> bool:
+        every = self.evaluation.every
+        if every == 0:
+            return False
+        return (self.round + 1) % every == 0 or self.round == total_rounds - 1
+
+    def average_params(self) -> torch.Tensor:
+        """x̄ = (1/n) sum_i x_i: float32 sums over blocks of rows, accumulated in float64 (a
+        float64 copy of the whole state, what ``sum(dtype=float64)`` makes, cost more than all
+        the rest of an evaluation)."""
+        total = torch.zeros(self.spec.dim, dtype=torch.float64, device=self.device)
+        for start in range(0, self.local_nodes, _ROWS_PER_SUM):
+            total += self.params[start : start + _ROWS_PER_SUM].sum(dim=0)
+        return (self._all_sum(total) / self.num_nodes).to(self.params.dtype)
+
+    def evaluate(self) -> dict[str, float]:
+        dataset = self.data.dataset
+        identical = self._rows_identical()
+        mean = self.params[0].clone() if identical else self.average_params()
+        acc, loss = evaluate_model(
+            self.model,
+            self.spec,
+            mean,
+            dataset.test_x,
+            dataset.test_y,
+            self.buffers,
+            self.evaluation.test_batch_size,
+        )
+        result = {"test_accuracy": acc, "test_loss": loss}
+        distance = 0.0 if identical else self._consensus_distance(mean)
+        if not math.isfinite(distance):
+            self._check_finite(last_round=self.round)
+        result["consensus_distance"] = distance
+        subset = self._node_eval_subset
+        if subset is not None:
+            x, y = dataset.test_x[subset], dataset.test_y[subset]
+            if distance == 0.0:  # all nodes hold the same model: evaluate it once
+                node_acc = evaluate_nodes(
+                    self.model, self.spec, self.params[:1], x, y, self.buffers
+                ).expand(self.local_nodes)
+            else:
+                node_acc = self._node_accuracies(x, y)
+            total = self._all_sum(node_acc.sum(dtype=torch.float64).reshape(1))
+            result.update(
+                node_accuracy_mean=float(total) / self.num_nodes,
+                node_accuracy_min=float(self._all_min(node_acc.min().reshape(1))),
+                node_accuracy_max=float(self._all_max(node_acc.max().reshape(1))),
+            )
+        return result
+
+    def _rows_identical(self) -> bool:
+        """Whether every row is known to hold the same model: true after a server average, void
+        as soon as the state is written in place or replaced (torch counts in-place writes in
+        ``_version``), so a caller editing ``sim.params`` between rounds cannot mislead it."""
+        return (self._identical is not None and self._identical[0] is self.params
+                and self._identical[1] == self.params._version)
+
+    def _node_accuracies(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Every local node's accuracy on the samples ``(x, y)``: ``[local_nodes]``."""
+        shapes = dict(zip(self.spec.names, self.spec.shapes))
+        if self._stack is None or shapes[self._stack[0].weight][0] > 64:
+            # per-node products with a wide first layer already run near the GEMM rate
+            chunk = self._eval_chunk_size(len(y))
+            return evaluate_nodes(self.model, self.spec, self.params, x, y, self.buffers, chunk)
+        # per node: a copy of its first layer, and each layer's outputs about three times over;
+        # the shared input is not per node
+        outputs = sum(shapes[layer.weight][0] for layer in self._stack)
+        per_node = 4 * (self.spec.dim + 3 * len(y) * outputs)
+        chunk = max(1, min(self.local_nodes, self._memory_budget() // per_node))
+        first = shapes[self._stack[0].weight][0]
+        if self._eval_scratch is None or self._eval_scratch.numel() < len(y) * chunk * first:
+            self._eval_scratch = torch.empty(len(y) * chunk * first, device=self.device)
+        blocks = (self.spec.views(self.params[start : start + chunk])
+                  for start in range(0, self.local_nodes, chunk))
+        return torch.cat([node_accuracy_shared_input(self._stack, views, x, y, self._eval_scratch)
+                          for views in blocks])
+
+    def _all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def _all_min(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def _all_max(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def any_process(self, flag: bool) -> bool:
+        """Whether ``flag`` holds in any process of the simulation (this one, unsharded)."""
+        return bool(self._all_max(torch.tensor([float(flag)], device=self.device)) > 0)
+
+    def _consensus_distance(self, mean: torch.Tensor) -> float:
+        """(1/n) sum_i ||x_i - x̄||²: each row's squared distance in float32 (the differences
+        come first, so nothing cancels), summed over rows in float64."""
+        total = torch.zeros(1, dtype=torch.float64, device=self.device)
+        for start in range(0, self.local_nodes, _ROWS_PER_SUM):
+            block = (self.params[start : start + _ROWS_PER_SUM] - mean).square_()
+            total += block.sum(dim=1).sum(dtype=torch.float64)
+        return float(self._all_sum(total)) / self.num_nodes
+
+    def check_finite(self) -> None:
+        """Raise NonFiniteError naming the nodes whose parameters are NaN or Inf."""
+        self._check_finite()
+
+    def _check_finite(self, last_round: int | None = None) -> None:
+        # Checked on evaluation rounds and at the end of a run, not every round: it reads the
+        # whole state, and a NaN, once there, spreads to every model it is averaged into.
+        finite = torch.isfinite(self.params).all(dim=1)
+        bad_count = self._all_sum((~finite).sum(dtype=torch.float64).reshape(1))
+        if float(bad_count) > 0:
+            bad = (torch.nonzero(~finite).flatten()[:5] + self.first_node).tolist()
+            when = self.round - 1 if last_round is None else last_round
+            raise NonFiniteError(
+                f"after round {when}: the parameters of nodes {bad} are NaN or Inf "
+                "(checked on evaluation rounds and at the end of run); lower the learning rate "
+                f"or check the data. Simulation.history keeps the {len(self.history)} rounds "
+                "recorded before this check."
+            )
