@@ -4,15 +4,29 @@ from murmura.algorithms import named as _named  # noqa: F401  (registers the bui
 from murmura.algorithms.base import (
     ALGORITHMS,
     Algorithm,
-    Average,
     CommunicationRule,
     LocalRule,
     LocalWork,
-    Mix,
     Participation,
     RoundContext,
     Schedule,
     make_algorithm,
+)
+from murmura.algorithms.plans import (
+    AfterLocal,
+    Aggregator,
+    Attack,
+    Average,
+    Combiner,
+    Encoder,
+    Exchange,
+    Mix,
+    NodeState,
+    SendModel,
+    ServerAverageRule,
+    ServerRule,
+    ServerStep,
+    TakeReceived,
 )
 from murmura.algorithms.rules import (
     SGD,
@@ -27,8 +41,9 @@ from murmura.algorithms.rules import (
 )
 
 __all__ = [
-    "ALGORITHMS", "SGD", "Algorithm", "Average", "CommunicationRule", "Every",
-    "FullParticipation", "Gossip", "Late", "LocalRule", "LocalWork", "Mix", "Never",
-    "NoCommunication", "Participation", "RoundContext", "SampledParticipation", "Schedule",
-    "ServerAverage", "make_algorithm",
+    "ALGORITHMS", "SGD", "AfterLocal", "Aggregator", "Algorithm", "Attack", "Average", "Combiner",
+    "CommunicationRule", "Encoder", "Every", "Exchange", "FullParticipation", "Gossip", "Late",
+    "LocalRule", "LocalWork", "Mix", "Never", "NoCommunication", "NodeState", "Participation",
+    "RoundContext", "SampledParticipation", "Schedule", "SendModel", "ServerAverage",
+    "ServerAverageRule", "ServerRule", "ServerStep", "TakeReceived", "make_algorithm",
 ]

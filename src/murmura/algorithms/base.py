@@ -21,16 +21,17 @@ An :class:`Algorithm` is one of each, plus how much local work a round does
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import torch
 
+from murmura.algorithms.plans import AfterLocal, NodeState, Plan, ServerRule, declared_state
 from murmura.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
-    from murmura.topology import MixingMatrix, Topology
+    from murmura.topology import Topology
 
 Tensor = torch.Tensor
 LossFn = Callable[..., Tensor]
@@ -48,6 +49,7 @@ class RoundContext:
     seed: int
     num_nodes: int
     device: torch.device
+    uploaders: int = 0  # in a ServerRule's update: how many clients uploaded this round
 
 
 # ---------------------------------------------------------------------------------------------
@@ -58,8 +60,14 @@ class RoundContext:
 class LocalRule(Protocol):
     """How one node updates its parameters from a minibatch gradient.
 
-    ``state_names`` lists per-node state vectors shaped like the parameters; the engine allocates
-    them as zero ``[n, d]`` tensors and hands ``update`` the matching slices.
+    ``state_names`` lists the rule's optimizer state (momentum): per-node vectors shaped like the
+    parameters, zero at the start and reset with ``LocalWork.reset_state_each_round``. A rule may
+    also declare ``node_state`` (a mapping of names to :class:`NodeState`), vectors it shares with
+    the algorithm's other rules (FedProx's round-start model, SCAFFOLD's control variates); the
+    engine hands ``update`` the slices of both. A rule with ``needs_key = True`` gets a per-node
+    random key as the gradient function's last argument: ``(params, x, y[, w], key)``, derived
+    from (seed, node, round, step), so its draws do not depend on blocking or sharding
+    (:func:`murmura.swarm.random.key_normal` draws from it).
     """
 
     state_names: tuple[str, ...]
@@ -87,32 +95,14 @@ class LocalRule(Protocol):
 
 
 # ---------------------------------------------------------------------------------------------
-# communication plans: what the engine executes and counts
-
-
-@dataclass(frozen=True)
-class Mix:
-    """``x_i <- sum_j W[i, j] x_j``: node ``j`` sends its model to every ``i`` with
-    ``W[i, j] != 0`` (i != j)."""
-
-    matrix: MixingMatrix
-
-
-@dataclass(frozen=True)
-class Average:
-    """A server averages the models of nodes with nonzero ``weights`` and sends the average to the
-    ``receivers`` (all nodes' rows are set to it; only receivers are counted as downloads)."""
-
-    weights: Tensor  # float [n]; zero for nodes that do not upload
-    receivers: Tensor | None = None  # bool [n]; None: the uploaders
-
-
-Plan = Mix | Average | None
+# communication
 
 
 @runtime_checkable
 class CommunicationRule(Protocol):
-    """What nodes exchange in a communicating round, as a plan the engine executes."""
+    """What nodes exchange in a communicating round, as a plan the engine executes (or a
+    sequence of plans, executed in order and each counted by its own routing). A rule may declare
+    ``node_state`` like a local rule (CHOCO's public copies)."""
 
     needs_topology: bool
 
@@ -122,7 +112,7 @@ class CommunicationRule(Protocol):
         participants: Tensor | None,
         topology: Topology | None,
         sizes: Tensor,
-    ) -> Plan: ...
+    ) -> Plan | Sequence[Plan]: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +163,9 @@ class Algorithm:
     """A named composition of rules. ``needs_connected`` makes the engine refuse a
     disconnected static topology; ``merge_weighting`` says how a schedule's global merge
     averages: ``"uniform"`` (x̄ = mean of the nodes' models, as in the single-merge paper) or
-    ``"samples"`` (weighted by each node's number of samples, as FedAvg's server does)."""
+    ``"samples"`` (weighted by each node's number of samples, as FedAvg's server does).
+    ``server``: the server's rule for :class:`ServerStep` plans (swarm-level state; evaluation
+    reads its model). ``after_local``: a per-node step after each round's local training."""
 
     name: str
     local_rule: LocalRule
@@ -184,6 +176,8 @@ class Algorithm:
     needs_connected: bool = False
     merge_weighting: str = "uniform"
     params: dict[str, Any] = field(default_factory=dict)
+    server: ServerRule | None = None
+    after_local: AfterLocal | None = None
 
     def __post_init__(self) -> None:
         if self.merge_weighting not in ("uniform", "samples"):
@@ -194,6 +188,11 @@ class Algorithm:
     @property
     def needs_topology(self) -> bool:
         return bool(self.communication.needs_topology)
+
+    @property
+    def node_state(self) -> dict[str, NodeState]:
+        """Every per-node state vector the algorithm's rules declare, by name."""
+        return declared_state(self.local_rule, self.communication, self.after_local)
 
 
 def make_algorithm(name: str, **params: Any) -> Algorithm:

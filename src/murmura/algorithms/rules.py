@@ -10,16 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch.func import grad
 
-from murmura.algorithms.base import (
-    Action,
-    Average,
-    GradFn,
-    LossFn,
-    Mix,
-    Plan,
-    RoundContext,
-    Tensor,
-)
+from murmura.algorithms.base import Action, GradFn, LossFn, RoundContext, Tensor
+from murmura.algorithms.plans import Average, Mix, Plan
 from murmura.swarm.random import stream_id, uniform
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ import scipy.sparse as sp
 import torch
 import torch.distributed as dist
 
-from murmura.algorithms.base import Average, Mix, Plan
 from murmura.swarm.engine import Simulation
 
 
@@ -118,6 +117,11 @@ class ShardedSimulation(Simulation):
         self.world_size = dist.get_world_size(group)
         self._halo_cache: dict[int, HaloPlan] = {}
         self.inter_rank_bytes_sent = 0.0  # what this rank sent to other ranks, all rounds
+        if kwargs.get("adversary") is not None:
+            raise ValueError(
+                "an adversary is not sharded yet (its attacks read other nodes' messages): run "
+                "it with the default backend (leave out --backend dist)"
+            )
         super().__init__(*args, **kwargs)
 
     def _node_range(self) -> tuple[int, int]:
@@ -152,58 +156,46 @@ class ShardedSimulation(Simulation):
             self._halo_cache[key] = plan
         return plan
 
-    def _exchange(self, plan: HaloPlan) -> torch.Tensor:
-        """This rank's rows followed by the halo rows received from the other ranks."""
-        d = self.params.shape[1]
+    def _exchange(self, plan: HaloPlan, rows: torch.Tensor) -> torch.Tensor:
+        """This rank's ``rows`` followed by the halo rows received from the other ranks."""
+        d = rows.shape[1]
         requests = []
         outgoing = []
-        for peer, rows in plan.send.items():
-            message = self.params.index_select(0, rows)
+        for peer, wanted in plan.send.items():
+            message = rows.index_select(0, wanted)
             outgoing.append(message)  # kept alive until the send completes
             requests.append(dist.isend(message, dst=peer, group=self.group))
             self.inter_rank_bytes_sent += message.numel() * message.element_size()
         incoming = []
         for peer, count in sorted(plan.receive.items()):
-            buffer = torch.empty(count, d, dtype=self.params.dtype, device=self.device)
+            buffer = torch.empty(count, d, dtype=rows.dtype, device=self.device)
             incoming.append(buffer)
             requests.append(dist.irecv(buffer, src=peer, group=self.group))
         for request in requests:
             request.wait()
-        return torch.cat([self.params, *incoming]) if incoming else self.params
+        return torch.cat([rows, *incoming]) if incoming else rows
 
-    @torch.no_grad()
-    def communicate(self, plan: Plan) -> None:
-        if plan is None:
-            return
-        size = self.message_bytes
-        lo, hi = self.first_node, self.last_node
-        if isinstance(plan, Mix):
-            mixing = plan.matrix
-            halo = self._plan_for(mixing)
-            extended = self._exchange(halo)
-            if self._mix_buffer is None:
-                self._mix_buffer = torch.empty_like(self.params)
-            buf = self._mix_buffer
-            torch.addmm(buf, halo.local_matrix, extended, beta=0.0, out=buf)
-            self.params, self._mix_buffer = self._mix_buffer, self.params
-            self.bytes_sent += mixing.out_degree[lo:hi].to(torch.float64) * size
-            self.bytes_received += mixing.in_degree[lo:hi].to(torch.float64) * size
-        elif isinstance(plan, Average):
-            weights = plan.weights.to(self.params.dtype)
-            partial = weights[lo:hi] @ self.params
-            average = self._all_sum(partial)
-            # a ring all-reduce sends 2 (P - 1) / P of the vector from every rank
-            self.inter_rank_bytes_sent += (
-                2 * (self.world_size - 1) / self.world_size * average.numel() * 4
-            )
-            self.params.copy_(average.expand_as(self.params))
-            uploaders = plan.weights > 0
-            receivers = uploaders if plan.receivers is None else plan.receivers
-            self.bytes_sent += uploaders[lo:hi].to(torch.float64) * size
-            self.bytes_received += receivers[lo:hi].to(torch.float64) * size
-            self.server_bytes_sent += float(receivers.sum()) * size
-        else:
-            raise TypeError(f"unknown communication plan {type(plan).__name__}")
+    def _mix_rows(self, mixing: Any, rows: torch.Tensor, out: torch.Tensor) -> None:
+        halo = self._plan_for(mixing)
+        extended = self._exchange(halo, rows)
+        torch.addmm(out, halo.local_matrix, extended, beta=0.0, out=out)
+
+    def _sum_over_processes(self, part: torch.Tensor) -> torch.Tensor:
+        total = self._all_sum(part)
+        # a ring all-reduce sends 2 (P - 1) / P of the vector from every rank
+        self.inter_rank_bytes_sent += (
+            2 * (self.world_size - 1) / self.world_size * total.numel() * total.element_size()
+        )
+        return total
+
+    def _weighted_sum(self, weights: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return self._sum_over_processes(weights[self.first_node : self.last_node] @ rows)
+
+    def _all_rows(self, rows: torch.Tensor, what: str) -> torch.Tensor:
+        raise ValueError(
+            f"{what} is not sharded yet: it needs every node's message in one process. Run it "
+            "with the default backend (leave out --backend dist)"
+        )
 
     def step(self, total_rounds: int) -> dict[str, Any]:
         before = self.inter_rank_bytes_sent
@@ -227,7 +219,9 @@ class ShardedSimulation(Simulation):
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The whole swarm's state (collective: every rank must call it), as one process's."""
         tensors, values = super().state_dict()
-        return {k: self._gather_rows(v) for k, v in tensors.items()}, values
+        # the server's state is the same on every rank; everything else is one row per node
+        return {k: v if k.startswith("server_state.") else self._gather_rows(v)
+                for k, v in tensors.items()}, values
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], values: dict[str, Any]) -> None:
         lo, hi = self.first_node, self.last_node
@@ -236,7 +230,8 @@ class ShardedSimulation(Simulation):
                 f"the checkpoint holds {tensors['params'].shape[0]} nodes but this simulation "
                 f"has {self.num_nodes}"
             )
-        super().load_state_dict({k: v[lo:hi] for k, v in tensors.items()}, values)
+        super().load_state_dict({k: v if k.startswith("server_state.") else v[lo:hi]
+                                 for k, v in tensors.items()}, values)
 
     def summary(self) -> dict[str, Any]:
         info = super().summary()

@@ -18,6 +18,11 @@ COLUMNS: dict[str, str] = {
     "node_accuracy_min": "worst node's accuracy on the test subset",
     "node_accuracy_max": "best node's accuracy on the test subset",
     "consensus_distance": "(1/n) sum_i ||x_i - x̄||², after communication",
+    "honest_test_accuracy": "with an adversary: accuracy of the honest nodes' average model (the "
+    "server's model at a server)",
+    "honest_node_accuracy_mean": "with an adversary: mean of the honest nodes' own accuracies",
+    "honest_node_accuracy_min": "with an adversary: the worst honest node's accuracy",
+    "honest_consensus_distance": "with an adversary: consensus distance among honest nodes",
     "bytes_sent": "bytes all nodes sent this round (uploads to a server included)",
     "bytes_received": "bytes all nodes received this round",
     "bytes_sent_total": "cumulative bytes sent by all nodes",
@@ -39,7 +44,8 @@ COLUMNS: dict[str, str] = {
 # the columns only evaluation rounds fill (empty on the others)
 EVALUATED_COLUMNS: tuple[str, ...] = (
     "test_accuracy", "test_loss", "node_accuracy_mean", "node_accuracy_min", "node_accuracy_max",
-    "consensus_distance",
+    "consensus_distance", "honest_test_accuracy", "honest_node_accuracy_mean",
+    "honest_node_accuracy_min", "honest_consensus_distance",
 )
 
 

@@ -1,45 +1,354 @@
 """Communication, the second stage of a round: the engine executes the plans a communication
-rule returns and counts the bytes every message carries across each link."""
+rule returns and counts the bytes every message carries across each link.
+
+Plans (``murmura.algorithms.plans``) are executed for every node at once: the per-node encoder,
+aggregator, attack and combiner are ``vmap``ped over blocks of rows; linear mixing is one sparse
+product per payload tensor. Two primitives reach across processes, :meth:`_mix_rows` and
+:meth:`_weighted_sum`; a sharded simulation overrides just those.
+"""
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
 
-from murmura.algorithms.base import Average, Mix, Plan
+import torch
+from torch.func import vmap
+
+from murmura.algorithms.plans import (
+    Average,
+    Exchange,
+    Mix,
+    Plan,
+    ServerAverageRule,
+    ServerStep,
+)
+from murmura.swarm.random import node_keys
+
+Tensor = torch.Tensor
+
+# bytes of per-node inputs and outputs a vmapped block of the communication stage may hold
+_BLOCK_BYTES = 64 << 20
 
 
 class Communication:
     """The communication stage of :class:`~murmura.swarm.engine.Simulation`."""
 
     @torch.no_grad()
-    def communicate(self, plan: Plan) -> None:
-        """Execute a communication plan and count the bytes that crossed each link."""
+    def communicate(self, plan: Plan | Sequence[Plan]) -> None:
+        """Execute a plan (or a sequence of plans, in order) and count every message sent."""
         if plan is None:
             return
-        size = self.message_bytes
+        if isinstance(plan, (list, tuple)):
+            for index, part in enumerate(plan):
+                self._plan_index = index
+                self.communicate(part)
+            self._plan_index = 0
+            return
+        if self.malicious is not None:  # attacks rewrite messages: no model-only fast path
+            if isinstance(plan, Mix):
+                plan = Exchange(plan.matrix)
+            elif isinstance(plan, Average):
+                plan = ServerStep(plan.weights, receivers=plan.receivers)
         if isinstance(plan, Mix):
-            mixing = plan.matrix
-            if self._mix_buffer is None:
-                self._mix_buffer = torch.empty_like(self.params)
-            # addmm into a kept buffer: a fresh [n, d] result would cost page faults every round.
-            # cuSPARSE scales the output by beta in a pass of its own, beta 0 included; zeroing
-            # it first is cheaper there (8.6 against 10.7 ms at 100,000 x 7,850 on an H100).
-            buf = self._mix_buffer
-            if buf.device.type == "cuda":
-                torch.addmm(buf.zero_(), mixing.matrix, self.params, out=buf)
-            else:
-                torch.addmm(buf, mixing.matrix, self.params, beta=0.0, out=buf)
-            self.params, self._mix_buffer = self._mix_buffer, self.params
-            self.bytes_sent += mixing.out_degree.to(torch.float64) * size
-            self.bytes_received += mixing.in_degree.to(torch.float64) * size
+            self._mix(plan)
         elif isinstance(plan, Average):
-            weights = plan.weights.to(self.params.dtype)
-            average = weights @ self.params
-            self.params.copy_(average.expand_as(self.params))
-            uploaders = plan.weights > 0
-            receivers = uploaders if plan.receivers is None else plan.receivers
-            self.bytes_sent += uploaders.to(torch.float64) * size
-            self.bytes_received += receivers.to(torch.float64) * size
-            self.server_bytes_sent += float(receivers.sum()) * size
+            self._average(plan)
+        elif isinstance(plan, Exchange):
+            self._exchange_messages(plan)
+        elif isinstance(plan, ServerStep):
+            self._server_step(plan)
         else:
-            raise TypeError(f"unknown communication plan {type(plan).__name__}")
+            raise TypeError(
+                f"unknown communication plan {type(plan).__name__}: a rule's plan() returns Mix, "
+                "Average, Exchange, ServerStep, None, or a list of them"
+            )
+
+    # ------------------------------------------------------------ the fast paths
+
+    def _mix(self, plan: Mix) -> None:
+        mixing = plan.matrix
+        if self._mix_buffer is None:
+            self._mix_buffer = torch.empty_like(self.params)
+        self._mix_rows(mixing, self.params, self._mix_buffer)
+        self.params, self._mix_buffer = self._mix_buffer, self.params
+        self._count_links(mixing, self.message_bytes)
+
+    def _average(self, plan: Average) -> None:
+        size = self.message_bytes
+        average = self._weighted_sum(plan.weights.to(self.params.dtype), self.params)
+        self.params.copy_(average.expand_as(self.params))
+        uploaders = plan.weights > 0
+        receivers = uploaders if plan.receivers is None else plan.receivers
+        self._count_star(uploaders, size, receivers, size)
+
+    # ------------------------------------------------------------ primitives across processes
+
+    def _mix_rows(self, mixing: Any, rows: Tensor, out: Tensor) -> None:
+        """``out <- W @ rows`` for this process's rows (all of them here)."""
+        # addmm into a kept buffer: a fresh [n, d] result would cost page faults every round.
+        # cuSPARSE scales the output by beta in a pass of its own, beta 0 included; zeroing
+        # it first is cheaper there (8.6 against 10.7 ms at 100,000 x 7,850 on an H100).
+        if out.device.type == "cuda":
+            torch.addmm(out.zero_(), mixing.matrix, rows, out=out)
+        else:
+            torch.addmm(out, mixing.matrix, rows, beta=0.0, out=out)
+
+    def _weighted_sum(self, weights: Tensor, rows: Tensor) -> Tensor:
+        """``sum_j weights[j] rows[j]`` over every node (``weights``: ``[n]``, global)."""
+        return weights[self.first_node : self.last_node] @ rows
+
+    def _all_rows(self, rows: Tensor, what: str) -> Tensor:
+        """Every node's rows (``[n, ...]``), for the non-linear plans."""
+        return rows
+
+    # ------------------------------------------------------------ byte counting
+
+    def _count_links(self, mixing: Any, size: float) -> None:
+        lo, hi = self.first_node, self.last_node
+        self.bytes_sent += mixing.out_degree[lo:hi].to(torch.float64) * size
+        self.bytes_received += mixing.in_degree[lo:hi].to(torch.float64) * size
+
+    def _count_star(self, uploaders: Tensor, up: float, receivers: Tensor, down: float) -> None:
+        lo, hi = self.first_node, self.last_node
+        self.bytes_sent += uploaders[lo:hi].to(torch.float64) * up
+        self.bytes_received += receivers[lo:hi].to(torch.float64) * down
+        self.server_bytes_sent += float(receivers.sum()) * down
+
+    # ------------------------------------------------------------ per-node functions, vmapped
+
+    def _comm_block(self, vectors: int) -> int:
+        return max(1, min(self.local_nodes, _BLOCK_BYTES // max(1, 4 * self.spec.dim * vectors)))
+
+    def _per_node(
+        self, fn: Callable, rows: Tensor | None, args: Sequence[Any], in_dims: Sequence[Any]
+    ) -> Any:
+        """``vmap(fn)`` over the nodes ``rows`` (local indices; ``None``: every local node) in
+        blocks; ``args`` are full local tensors (or dicts of them) indexed by those rows, or
+        shared values (``in_dims`` entry ``None``). Returns ``fn``'s outputs stacked by row."""
+        count = self.local_nodes if rows is None else len(rows)
+        block = self._comm_block(4 + len(args))
+        pieces = []
+        for start in range(0, count, block):
+            where = (slice(start, min(start + block, count)) if rows is None
+                     else rows[start : start + block])
+            sliced = [_rows_of(a, where) if d == 0 else a for a, d in zip(args, in_dims)]
+            pieces.append(vmap(fn, in_dims=tuple(in_dims))(*sliced))
+        return _concat(pieces)
+
+    def _message_keys(self, rows: Tensor | None) -> Tensor:
+        nodes = torch.arange(self.first_node, self.last_node, device=self.device)
+        if rows is not None:
+            nodes = nodes[rows]
+        return node_keys(self.seed, "message", nodes, self.round, self._plan_index)
+
+    def _write(self, updates: dict[str, Tensor], rows: Tensor | None) -> None:
+        """Store per-node results: ``"params"`` into the model rows, others into node state."""
+        for name, value in updates.items():
+            target = self.params if name == "params" else self.node_state.get(name)
+            if target is None:
+                raise KeyError(
+                    f"a rule returned an update for {name!r}, which no rule declares as node "
+                    f"state (declared: {sorted(self.node_state)}); add it to a node_state"
+                )
+            if rows is None:
+                target.copy_(value)
+            else:
+                target[rows] = value
+
+    def _encode(self, encoder: Any, rows: Tensor | None) -> dict[str, Tensor]:
+        state = {k: self.node_state[k] for k in self.node_state}
+        payload, updates = self._per_node(
+            encoder.encode, rows, (self.params, state, self._message_keys(rows)), (0, 0, 0)
+        )
+        if updates:
+            self._write(updates, rows)
+        return payload
+
+    # ------------------------------------------------------------ graph exchanges
+
+    def _exchange_messages(self, plan: Exchange) -> None:
+        mixing = plan.matrix
+        payload = self._encode(plan.encoder, None)
+        if self.malicious is not None:
+            payload = self._attack_on_graph(payload, mixing)
+        if plan.aggregator is None:
+            received = {}
+            for name, message in payload.items():
+                received[name] = torch.empty_like(message)
+                self._mix_rows(mixing, message, received[name])
+        else:
+            received = self._aggregate_on_graph(plan.aggregator, payload, mixing)
+        state = {k: self.node_state[k] for k in self.node_state}
+        updates = self._per_node(plan.combiner.combine, None, (self.params, state, received),
+                                 (0, 0, 0))
+        self._write(updates, None)
+        self._count_links(mixing, plan.encoder.nbytes(self.spec.dim))
+
+    def _neighbourhoods(self, mixing: Any) -> tuple[Tensor, Tensor]:
+        """Each local node's in-neighbours (other nodes it receives from), padded: global ids
+        ``[local, k]`` and a 0/1 mask, from the matrix's nonzeros (cached per matrix)."""
+        cached = self._neighbour_cache.get(id(mixing))
+        if cached is not None and cached[0] is mixing:
+            return cached[1], cached[2]
+        csr = mixing.matrix.to_sparse_csr()
+        crow, col = csr.crow_indices().cpu(), csr.col_indices().cpu()
+        lo, hi = self.first_node, self.last_node
+        lists = []
+        for i in range(lo, hi):  # setup only, once per matrix: not the per-round path
+            js = col[crow[i] : crow[i + 1]]
+            lists.append(js[js != i])
+        k = max((len(js) for js in lists), default=0)
+        index = torch.zeros(hi - lo, k, dtype=torch.int64)
+        mask = torch.zeros(hi - lo, k)
+        for row, js in enumerate(lists):
+            index[row, : len(js)] = js
+            mask[row, : len(js)] = 1.0
+        index, mask = index.to(self.device), mask.to(self.device)
+        if len(self._neighbour_cache) > 4:  # time-varying graphs: a new matrix every round
+            self._neighbour_cache.clear()
+        self._neighbour_cache[id(mixing)] = (mixing, index, mask)
+        return index, mask
+
+    def _aggregate_on_graph(self, aggregator: Any, payload: dict[str, Tensor], mixing: Any
+                            ) -> dict[str, Tensor]:
+        """``r_i = f(m_i, [m_i, m_j for j in N_in(i)], mask)`` for every node and payload name,
+        in blocks of receivers so memory stays ``block x (k + 1) x d``."""
+        index, mask = self._neighbourhoods(mixing)
+        own_mask = torch.ones(len(index), 1, device=self.device)
+        full_mask = torch.cat([own_mask, mask], dim=1)
+        result = {}
+        for name, message in payload.items():
+            everyone = self._all_rows(message, "a non-linear aggregation on a graph")
+            out = torch.empty_like(message)
+            block = self._comm_block(index.shape[1] + 3)
+            for start in range(0, len(index), block):
+                stop = min(start + block, len(index))
+                own = message[start:stop]
+                stack = torch.cat([own.unsqueeze(1), everyone[index[start:stop]]], dim=1)
+                out[start:stop] = vmap(aggregator)(own, stack, full_mask[start:stop])
+            result[name] = out
+        return result
+
+    def _attack_on_graph(self, payload: dict[str, Tensor], mixing: Any) -> dict[str, Tensor]:
+        """Malicious nodes' messages replaced by the attack, which sees its honest
+        in-neighbours' messages."""
+        lo, hi = self.first_node, self.last_node
+        bad = torch.nonzero(self.malicious[lo:hi]).flatten()
+        if len(bad) == 0:
+            return payload
+        index, mask = self._neighbourhoods(mixing)
+        honest = (~self.malicious)[index[bad]].to(mask.dtype) * mask[bad]
+        keys = node_keys(self.seed, "attack", bad + lo, self.round, self._plan_index)
+        attacked = {}
+        for name, message in payload.items():
+            everyone = self._all_rows(message, "an attack on a graph")
+            replaced = message.clone()
+            replaced[bad] = vmap(self.adversary.attack)(
+                message[bad], everyone[index[bad]], honest, keys
+            )
+            attacked[name] = replaced
+        return attacked
+
+    # ------------------------------------------------------------ a server
+
+    def _server_step(self, plan: ServerStep) -> None:
+        lo, hi = self.first_node, self.last_node
+        uploaders = plan.weights > 0
+        receivers = uploaders if plan.receivers is None else plan.receivers
+        rows = torch.nonzero(uploaders[lo:hi]).flatten()
+        payload = self._encode(plan.encoder, rows) if len(rows) else None
+        m = int(uploaders.sum())
+        if self.malicious is not None and payload is not None:
+            payload = self._attack_at_server(payload, rows + lo)
+        if plan.aggregator is None:
+            weights = plan.weights.to(self.params.dtype)
+            weights = weights / weights.sum()
+            local = weights[lo:hi][rows]
+            names = payload.keys() if payload is not None else self._payload_names(plan.encoder)
+            aggregate = {}
+            for name in names:
+                part = (local @ payload[name] if payload is not None
+                        else torch.zeros(self.spec.dim, device=self.device))
+                aggregate[name] = self._sum_over_processes(part)
+        else:
+            aggregate = self._robust_server(plan.aggregator, payload, m)
+        server = self.algorithm.server or ServerAverageRule()
+        if not self.server_state:
+            self.server_state = server.init(self._initial_row())
+        ctx = replace(self.context(self.total_rounds or self.round + 1), uploaders=m)
+        broadcast, self.server_state = server.update(self.server_state, aggregate, ctx)
+        for name, value in broadcast.items():
+            target = self.params if name == "params" else self.node_state.get(name)
+            if target is None:
+                raise KeyError(
+                    f"the server broadcast {name!r}, which is neither 'params' nor a declared "
+                    f"node state ({sorted(self.node_state)})"
+                )
+            target.copy_(value.expand_as(target))
+        down = sum(4 * v.numel() for v in broadcast.values())
+        self._count_star(uploaders, plan.encoder.nbytes(self.spec.dim), receivers, down)
+
+    def _sum_over_processes(self, part: Tensor) -> Tensor:
+        return part
+
+    def _payload_names(self, encoder: Any) -> list[str]:
+        probe = {k: v[:1] for k, v in self.node_state.items()}
+        keys = torch.zeros(1, dtype=torch.int64, device=self.device)
+        payload, _ = vmap(encoder.encode)(self.params[:1], probe, keys)
+        return list(payload)
+
+    def _robust_server(self, aggregator: Any, payload: dict[str, Tensor] | None, m: int
+                       ) -> dict[str, Tensor]:
+        """The server's non-linear aggregate of the ``m`` uploads (with its model as ``own``)."""
+        own = self.server_state.get("params") if self.server_state else None
+        if own is None:
+            own = self.params[0]
+        result = {}
+        for name, stack in (payload or {}).items():
+            everyone = self._all_rows(stack, "a robust aggregation at a server")
+            mask = torch.ones(len(everyone), device=self.device)
+            result[name] = aggregator(own if name == "params" else torch.zeros_like(own),
+                                      everyone, mask)
+        return result
+
+    def _attack_at_server(self, payload: dict[str, Tensor], nodes: Tensor) -> dict[str, Tensor]:
+        """Malicious uploaders' messages replaced by the attack, which sees every honest
+        upload this round (an omniscient attacker)."""
+        bad_mask = self.malicious[nodes]
+        if not bool(bad_mask.any()):
+            return payload
+        bad = torch.nonzero(bad_mask).flatten()
+        keys = node_keys(self.seed, "attack", nodes[bad], self.round, self._plan_index)
+        attacked = {}
+        for name, stack in payload.items():
+            everyone = self._all_rows(stack, "an attack at a server")
+            honest = everyone[~bad_mask]
+            mask = torch.ones(len(honest), device=self.device)
+            replaced = stack.clone()
+            replaced[bad] = vmap(self.adversary.attack, in_dims=(0, None, None, 0))(
+                stack[bad], honest, mask, keys
+            )
+            attacked[name] = replaced
+        return attacked
+
+
+def _rows_of(value: Any, where: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: v[where] for k, v in value.items()}
+    return value[where]
+
+
+def _concat(pieces: list[Any]) -> Any:
+    first = pieces[0]
+    if len(pieces) == 1:
+        return first
+    if isinstance(first, tuple):
+        return tuple(_concat([p[i] for p in pieces]) for i in range(len(first)))
+    if isinstance(first, dict):
+        return {k: _concat([p[k] for p in pieces]) for k in first}
+    return torch.cat(pieces)
+
+
+__all__ = ["Communication"]

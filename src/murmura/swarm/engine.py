@@ -23,12 +23,8 @@ import torch
 from torch import nn
 from torch.func import vmap
 
-from murmura.algorithms.base import (
-    Algorithm,
-    Average,
-    RoundContext,
-    make_algorithm,
-)
+from murmura.algorithms.base import Algorithm, RoundContext, make_algorithm
+from murmura.algorithms.plans import Average, ServerStep
 from murmura.algorithms.rules import global_average_weights
 from murmura.metrics.history import History
 from murmura.models import build_model, check_functional
@@ -43,6 +39,7 @@ from murmura.swarm.random import uniform
 
 if TYPE_CHECKING:  # pragma: no cover
     from murmura.data import FederatedData
+    from murmura.robust import Adversary
     from murmura.topology import Topology
 
 
@@ -82,6 +79,7 @@ class Simulation(LocalTraining, Communication, Measurement):
         chunk_size: int | None = None,
         same_init: bool = True,
         fused: bool = True,
+        adversary: Adversary | None = None,
     ) -> None:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self._large_blocks = self.device.type == "cpu" and tune_allocator()
@@ -139,6 +137,20 @@ class Simulation(LocalTraining, Communication, Measurement):
         self.local_state = {
             name: torch.zeros(n, d, device=self.device) for name in algorithm.local_rule.state_names
         }
+        # per-node state the rules declare (laid out like params), and the server's state
+        self.node_state = {
+            name: (self.params.clone() if spec.init == "params"
+                   else torch.zeros(n, d, device=self.device))
+            for name, spec in algorithm.node_state.items()
+        }
+        self.server_state: dict[str, torch.Tensor] = (
+            algorithm.server.init(self._initial_row()) if algorithm.server is not None else {}
+        )
+        self.adversary = adversary
+        self.malicious = self._place_adversary(adversary)
+        self._plan_index = 0  # which plan of the round's sequence runs (keys its draws)
+        self._round_total = 1
+        self._neighbour_cache: dict[int, tuple] = {}
         self._mix_buffer: torch.Tensor | None = None
         self._workspace: dict[str, dict[str, torch.Tensor]] | None = None
         self._workspace_rows = 0
@@ -245,6 +257,16 @@ class Simulation(LocalTraining, Communication, Measurement):
                 rows.append(self.spec.flatten(model))
         return torch.stack(rows).to(self.device)
 
+    def _initial_row(self) -> torch.Tensor:
+        """The template model as one flat row (a server's initial model, on every process)."""
+        return self.spec.flatten(self._cpu_template).to(self.device)
+
+    def _place_adversary(self, adversary: Adversary | None) -> torch.Tensor | None:
+        """The malicious nodes as a bool ``[n]`` mask (global), or ``None`` without adversary."""
+        if adversary is None:
+            return None
+        return adversary.place(self.num_nodes, self.seed, self.topology).to(self.device)
+
     def _probe_model(self) -> int:
         """Run the model on two training samples: a clear error now instead of a shape error
         deep inside a vmapped step, and the activation size per sample, for block sizing."""
@@ -319,6 +341,7 @@ class Simulation(LocalTraining, Communication, Measurement):
         algo = self.algorithm
         ctx = self.context(total_rounds)
         t0 = time.perf_counter()
+        self._round_total = total_rounds
         participants = algo.participation.select(ctx)
         rows_identical = self._rows_identical()
         self._identical = None
@@ -335,7 +358,8 @@ class Simulation(LocalTraining, Communication, Measurement):
             plan = None
         self.communicate(plan)
         # after a server average every node holds x̄: evaluation can skip summing the state
-        if isinstance(plan, Average) and plan.receivers is None:
+        last = plan[-1] if isinstance(plan, (list, tuple)) and plan else plan
+        if isinstance(last, (Average, ServerStep)):
             self._identical = (self.params, self.params._version)
         t2 = time.perf_counter()
         record: dict[str, Any] = {"round": self.round, "communicated": action}
@@ -400,6 +424,8 @@ class Simulation(LocalTraining, Communication, Measurement):
         tensors = {"params": self.params, "bytes_sent": self.bytes_sent,
                    "bytes_received": self.bytes_received}
         tensors.update({f"local_state.{k}": v for k, v in self.local_state.items()})
+        tensors.update({f"node_state.{k}": v for k, v in self.node_state.items()})
+        tensors.update({f"server_state.{k}": v for k, v in self.server_state.items()})
         values = {
             "round": self.round,
             "total_rounds": self.total_rounds,
@@ -413,6 +439,8 @@ class Simulation(LocalTraining, Communication, Measurement):
         """Restore a :meth:`state_dict` taken from a simulation built with the same settings."""
         expected = {"params", "bytes_sent", "bytes_received"}
         expected |= {f"local_state.{k}" for k in self.local_state}
+        expected |= {f"node_state.{k}" for k in self.node_state}
+        expected |= {f"server_state.{k}" for k in self.server_state}
         if set(tensors) != expected:
             raise ValueError(
                 f"the checkpoint holds {sorted(tensors)} but this simulation needs "
@@ -429,6 +457,10 @@ class Simulation(LocalTraining, Communication, Measurement):
             self.bytes_received.copy_(tensors["bytes_received"])
             for k, v in self.local_state.items():
                 v.copy_(tensors[f"local_state.{k}"])
+            for k, v in self.node_state.items():
+                v.copy_(tensors[f"node_state.{k}"])
+            self.server_state = {k: tensors[f"server_state.{k}"].to(self.device).clone()
+                                 for k in self.server_state}
         self.round = int(values["round"])
         total = values.get("total_rounds")
         self.total_rounds = None if total is None else int(total)

@@ -9,7 +9,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
+from torch.func import functional_call, vmap
+
+from murmura.swarm.random import node_keys
 
 
 class LocalTraining:
@@ -78,6 +80,7 @@ class LocalTraining:
         if self.algorithm.local_work.reset_state_each_round:
             for buf in self.local_state.values():
                 buf.zero_()
+        self._reset_round_state(participants)
         ids, contiguous = self._order(participants)
         # The round's minibatches in one vectorized call (hashing is cheap per element, costly
         # per call): for every node at once when all take the same number of steps, else per
@@ -98,20 +101,49 @@ class LocalTraining:
                 plan = self.sampler.batches(nodes, round_index, 0, num_steps)
             X = self.params[where]
             state = {k: v[where] for k, v in self.local_state.items()}
+            shared = {k: v[where] for k, v in self.node_state.items()}
             alive, width, masked = self._step_shapes(plan, num_steps, stop - start)
             if self._fused is not None:
                 self._train_block_fused(X, state, plan, num_steps, alive, width, masked,
                                         rows_identical)
             else:
-                self._train_block_generic(X, state, plan, num_steps, alive, width, masked)
+                self._train_block_generic(X, {**state, **shared}, plan, num_steps, alive, width,
+                                          masked, nodes, round_index)
+            if self.algorithm.after_local is not None:
+                steps = (plan.active.sum(dim=1) if plan.active is not None
+                         else torch.full((len(nodes),), num_steps, device=self.device))
+                updates = vmap(self.algorithm.after_local)(X, shared, nodes, steps)
+                with torch.no_grad():
+                    for k, v in updates.items():
+                        (X if k == "params" else shared[k]).copy_(v)
             if not contiguous:
                 self.params[where] = X
                 for k, v in state.items():
                     self.local_state[k][where] = v
+                for k, v in shared.items():
+                    self.node_state[k][where] = v
+
+    @torch.no_grad()
+    def _reset_round_state(self, participants: torch.Tensor | None) -> None:
+        """Node state declared with ``reset="round"`` starts again, for this round's
+        participants only: zeros, or a copy of the node's model."""
+        for name, spec in self.algorithm.node_state.items():
+            if spec.reset != "round":
+                continue
+            target = self.node_state[name]
+            if participants is None:
+                if spec.init == "params":
+                    target.copy_(self.params)
+                else:
+                    target.zero_()
+                continue
+            rows = participants[(participants >= self.first_node)
+                                & (participants < self.last_node)] - self.first_node
+            target[rows] = self.params[rows] if spec.init == "params" else 0.0
 
     def _train_block_generic(
         self, X: torch.Tensor, state: dict, plan: Any, num_steps: int, alive: list,
-        width: list, masked: list,
+        width: list, masked: list, nodes: torch.Tensor | None = None, round_index: int = 0,
     ) -> None:
         """A block's local steps: the vmapped gradient, then the rule's update per parameter."""
         rule = self.algorithm.local_rule
@@ -131,12 +163,15 @@ class LocalTraining:
             index = index_all[:m, step, : width[step]]
             xb = self._gather(train_x, index).view(*index.shape, *feature)
             yb = train_y[index]
+            keyed = ()
+            if getattr(rule, "needs_key", False):
+                keyed = (node_keys(self.seed, "local", nodes[:m], round_index, step),)
             if not masked[step]:
-                grads = self._grad_fn(param_views, xb, yb)
+                grads = self._grad_fn(param_views, xb, yb, *keyed)
                 active = None
             else:
                 weight = weight_all[:m, step, : width[step]]
-                grads = self._weighted_grad_fn(param_views, xb, yb, weight)
+                grads = self._weighted_grad_fn(param_views, xb, yb, weight, *keyed)
                 active = (weight.sum(dim=1) > 0).to(X.dtype)
             with torch.no_grad():
                 for name in self.spec.names:

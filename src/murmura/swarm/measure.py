@@ -81,10 +81,12 @@ class Measurement:
         dataset = self.data.dataset
         identical = self._rows_identical()
         mean = self.params[0].clone() if identical else self.average_params()
+        # where a server holds the model, that is the model the federation has
+        served = self.server_state.get("params") if self.server_state else None
         acc, loss = evaluate_model(
             self.model,
             self.spec,
-            mean,
+            mean if served is None else served,
             dataset.test_x,
             dataset.test_y,
             self.buffers,
@@ -110,6 +112,29 @@ class Measurement:
                 node_accuracy_min=float(self._all_min(node_acc.min().reshape(1))),
                 node_accuracy_max=float(self._all_max(node_acc.max().reshape(1))),
             )
+        if self.malicious is not None:
+            result.update(self._honest_metrics(served, node_acc if subset is not None else None))
+        return result
+
+    def _honest_metrics(self, served: torch.Tensor | None, node_acc: torch.Tensor | None
+                        ) -> dict[str, float]:
+        """The same measures over honest nodes only (an attacker's own model is not the
+        federation's): the honest average's accuracy (the server's model at a server),
+        their consensus distance, their own models' mean and worst accuracy."""
+        dataset = self.data.dataset
+        honest = ~self.malicious[self.first_node : self.last_node]
+        rows = self.params[honest]
+        count = int(honest.sum())
+        mean = rows.sum(dim=0, dtype=torch.float64).div(count).to(self.params.dtype)
+        acc, _ = evaluate_model(self.model, self.spec, mean if served is None else served,
+                                dataset.test_x, dataset.test_y, self.buffers,
+                                self.evaluation.test_batch_size)
+        spread = (rows - mean).square().sum(dim=1).sum(dtype=torch.float64) / count
+        result = {"honest_test_accuracy": acc, "honest_consensus_distance": float(spread)}
+        if node_acc is not None:
+            mine = node_acc[honest]
+            result.update(honest_node_accuracy_mean=float(mine.mean()),
+                          honest_node_accuracy_min=float(mine.min()))
         return result
 
     def _rows_identical(self) -> bool:

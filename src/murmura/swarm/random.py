@@ -17,6 +17,7 @@ True
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Sequence
 
@@ -166,3 +167,26 @@ def _feistel(x: torch.Tensor, key: torch.Tensor, half: torch.Tensor) -> torch.Te
     for r in range(4):
         left, right = right, left ^ (hash_keys(key, r, right) & mask)
     return (left << half) | right
+
+
+def node_keys(seed: int, stream: str, nodes: torch.Tensor, *counters: int) -> torch.Tensor:
+    """One 64-bit key per node for a rule's own draws, from (seed, stream, node, counters...):
+    int64 ``[len(nodes)]``. A rule gets its node's key as a scalar tensor and draws from it with
+    :func:`key_uniform` / :func:`key_normal`."""
+    return _coordinates(seed, stream, nodes, counters, ())
+
+
+def key_uniform(key: torch.Tensor, size: Sequence[int], salt: int = 0) -> torch.Tensor:
+    """Uniform float32 draws in [0, 1) of shape ``size`` from one key (works under ``vmap``)."""
+    count = math.prod(int(s) for s in size)
+    index = torch.arange(count, device=key.device).reshape(*size)
+    h = hash_keys(key, salt, index)
+    return _shr(h, 40).to(torch.float32) * (2.0**-24)
+
+
+def key_normal(key: torch.Tensor, size: Sequence[int], salt: int = 0) -> torch.Tensor:
+    """Standard normal float32 draws of shape ``size`` from one key (works under ``vmap``)."""
+    u1 = key_uniform(key, size, 2 * salt + 1).to(torch.float64)
+    u2 = key_uniform(key, size, 2 * salt + 2).to(torch.float64)
+    z = torch.sqrt(-2.0 * torch.log1p(-u1)) * torch.cos(2.0 * torch.pi * u2)
+    return z.to(torch.float32)

@@ -1,0 +1,251 @@
+"""Communication plans: what a communication rule asks the engine to execute and count.
+
+A rule never moves tensors itself. It returns one plan, or a sequence of plans executed in
+order (several gossip steps in a round, MoDeST's trainers-to-aggregators-to-trainers), and the
+engine runs each for every node at once and counts every message from the plan's routing.
+
+* :class:`Mix` and :class:`Average` are the linear fast paths: the node sends its model, the
+  receiver takes the weighted sum (one sparse product, one matrix-vector product).
+* :class:`Exchange` is the general graph step: a per-node :class:`Encoder` says what a node sends
+  and how many bytes that is, the receiver gets the ``W``-weighted sum of its in-neighbours'
+  messages (or, with an :class:`Aggregator`, a non-linear function of them), and a per-node
+  :class:`Combiner` says what it does with what it got.
+* :class:`ServerStep` is the star: clients upload an encoded message, the server aggregates it
+  (weighted mean, or an :class:`Aggregator`), its :class:`ServerRule` updates the server's state
+  and decides what it broadcasts.
+
+Every per-node function here is written for ONE node (``[d]`` vectors, a scalar ``key``); the
+engine ``vmap``s it over blocks of nodes. The same function runs unvectorized in a real peer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from murmura.algorithms.base import RoundContext
+    from murmura.topology import MixingMatrix
+
+Tensor = torch.Tensor
+Vectors = dict[str, Tensor]
+
+
+# ---------------------------------------------------------------------------------------------
+# per-node state that rules declare
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """A per-node vector laid out like the parameters, declared by a rule under a name.
+
+    ``init``: ``"zeros"``, or ``"params"`` (a copy of the node's model). ``reset``: ``"never"``, or
+    ``"round"`` (re-initialized at the start of every round, for that round's participants only:
+    the model a client started its round from is ``NodeState("params", "round")``). Rules of one
+    algorithm that declare the same name share the vector (they must declare it alike)."""
+
+    init: Literal["zeros", "params"] = "zeros"
+    reset: Literal["never", "round"] = "never"
+
+    def __post_init__(self) -> None:
+        if self.init not in ("zeros", "params"):
+            raise ValueError(f"node state init must be 'zeros' or 'params', got {self.init!r}")
+        if self.reset not in ("never", "round"):
+            raise ValueError(f"node state reset must be 'never' or 'round', got {self.reset!r}")
+
+
+def declared_state(*rules: object) -> dict[str, NodeState]:
+    """The union of the ``node_state`` declarations of ``rules`` (``None`` entries skipped)."""
+    merged: dict[str, NodeState] = {}
+    for rule in rules:
+        for name, spec in (getattr(rule, "node_state", None) or {}).items():
+            if name == "params":
+                raise ValueError(f"{type(rule).__name__}: 'params' is the model, not a state name")
+            if name in merged and merged[name] != spec:
+                raise ValueError(
+                    f"node state {name!r} is declared as {merged[name]} and as {spec} "
+                    f"(by {type(rule).__name__}); rules sharing a state must declare it alike"
+                )
+            merged[name] = spec
+    return merged
+
+
+# ---------------------------------------------------------------------------------------------
+# per-node functions
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What one node sends: ``encode(params, state, key) -> (payload, updates)``.
+
+    ``payload`` maps names to ``[d]`` tensors (what the receivers decode: a compressed vector is
+    given back densely, its zeros included); ``updates`` are new values of the node's own state
+    (CHOCO's public copy ``x̂ <- x̂ + q``). ``nbytes(d)`` is the size of one message *as sent*
+    (top-k values and their indices, quantized bits, a seed and a scalar), which the engine
+    multiplies by the links the plan routes it over."""
+
+    node_state: Mapping[str, NodeState]
+
+    def encode(self, params: Tensor, state: Vectors, key: Tensor) -> tuple[Vectors, Vectors]: ...
+
+    def nbytes(self, dim: int) -> int: ...
+
+
+@runtime_checkable
+class Combiner(Protocol):
+    """What one node does with what it received: ``combine(params, state, received) -> updates``,
+    new values for ``"params"`` and/or state names (entries left out keep their value)."""
+
+    node_state: Mapping[str, NodeState]
+
+    def combine(self, params: Tensor, state: Vectors, received: Vectors) -> Vectors: ...
+
+
+@runtime_checkable
+class Aggregator(Protocol):
+    """A non-linear aggregation rule, ByzFL-style: ``f(own[d], received[k, d], mask[k]) -> [d]``.
+
+    ``mask`` is 1 for the messages that are there (blocks pad neighbourhoods of different sizes);
+    padded rows are zeros and must not influence the result. ``own`` is the receiver's own vector
+    (a server's current model, or a node's own message), for self-centred rules. On a graph the
+    engine puts the node's own message first in ``received`` (``include_self``), so rules that
+    screen "the neighbourhood including oneself" (BRIDGE) need nothing more."""
+
+    def __call__(self, own: Tensor, received: Tensor, mask: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class Attack(Protocol):
+    """What a malicious node sends instead of its honest message:
+    ``attack(own[d], honest[k, d], mask[k], key) -> [d]``, where ``honest`` are the honest
+    messages it can see this round (its in-neighbours' on a graph, every honest client's at a
+    server: an omniscient attacker), padded and masked like an aggregator's input."""
+
+    def __call__(self, own: Tensor, honest: Tensor, mask: Tensor, key: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class AfterLocal(Protocol):
+    """A per-node step after a round's local training: ``(params, state, node, steps) ->
+    updates`` (SCAFFOLD's control-variate update). ``steps`` is how many local steps the node
+    took this round; ``node`` its id."""
+
+    node_state: Mapping[str, NodeState]
+
+    def __call__(self, params: Tensor, state: Vectors, node: Tensor, steps: Tensor) -> Vectors:
+        ...
+
+
+@runtime_checkable
+class ServerRule(Protocol):
+    """A server's optimizer, Optax-style, on swarm-level state (``[d]`` tensors or scalars).
+
+    ``init(params)`` gets the initial global model and returns the state; it must hold the
+    server's model as ``"params"`` (evaluation reads it). ``update(state, aggregate, ctx)``
+    gets the aggregate of the clients' payloads (same names) and returns ``(broadcast, state)``:
+    ``broadcast`` maps ``"params"`` and node-state names to the ``[d]`` vectors every receiver
+    stores (SCAFFOLD broadcasts its control variate too); the engine counts its bytes."""
+
+    def init(self, params: Tensor) -> Vectors: ...
+
+    def update(self, state: Vectors, aggregate: Vectors, ctx: RoundContext
+               ) -> tuple[Vectors, Vectors]: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# the built-in encoder and combiner the fast paths stand for
+
+
+@dataclass(frozen=True)
+class SendModel:
+    """The node sends its model, dense fp32: ``{"params": x}``, ``4 d`` bytes."""
+
+    node_state: Mapping[str, NodeState] = field(default_factory=dict)
+
+    def encode(self, params: Tensor, state: Vectors, key: Tensor) -> tuple[Vectors, Vectors]:
+        return {"params": params}, {}
+
+    def nbytes(self, dim: int) -> int:
+        return 4 * dim
+
+
+@dataclass(frozen=True)
+class TakeReceived:
+    """The node's model becomes what it received: ``x <- received["params"]``."""
+
+    node_state: Mapping[str, NodeState] = field(default_factory=dict)
+
+    def combine(self, params: Tensor, state: Vectors, received: Vectors) -> Vectors:
+        return {"params": received["params"]}
+
+
+@dataclass(frozen=True)
+class ServerAverageRule:
+    """The plain server: its model becomes the aggregate, which it broadcasts (FedAvg)."""
+
+    def init(self, params: Tensor) -> Vectors:
+        return {"params": params.clone()}
+
+    def update(self, state: Vectors, aggregate: Vectors, ctx: RoundContext
+               ) -> tuple[Vectors, Vectors]:
+        return {"params": aggregate["params"]}, {"params": aggregate["params"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# plans
+
+
+@dataclass(frozen=True)
+class Mix:
+    """``x_i <- sum_j W[i, j] x_j``: node ``j`` sends its model to every ``i`` with
+    ``W[i, j] != 0`` (i != j). The fast path of an :class:`Exchange` of models."""
+
+    matrix: MixingMatrix
+
+
+@dataclass(frozen=True)
+class Average:
+    """A server averages the models of nodes with nonzero ``weights`` and sends the average to the
+    ``receivers`` (all nodes' rows are set to it; only receivers are counted as downloads). The
+    fast path of a :class:`ServerStep` with the plain server."""
+
+    weights: Tensor  # float [n]; zero for nodes that do not upload
+    receivers: Tensor | None = None  # bool [n]; None: the uploaders
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One message from every node to its out-neighbours in ``matrix``, then a combine step.
+
+    Linear (``aggregator=None``): node ``i`` receives ``r_i = sum_j W[i, j] m_j`` for each payload
+    name (``W``'s diagonal included: a node "receives" its own message at no cost). Non-linear:
+    ``r_i = aggregator(m_i, [m_i, m_j for j in N_in(i)], mask)`` on the single payload, with the
+    neighbourhood read from ``W``'s nonzeros and its weights unused. Every node sends to every
+    out-neighbour; the engine counts ``encoder.nbytes(d)`` per link, whatever the link's weight
+    (a structural zero is no link; an explicit 0 is dropped by ``MixingMatrix``, so route a
+    zero-weight message through a separate plan)."""
+
+    matrix: MixingMatrix
+    encoder: Encoder = field(default_factory=SendModel)
+    combiner: Combiner = field(default_factory=TakeReceived)
+    aggregator: Aggregator | None = None
+
+
+@dataclass(frozen=True)
+class ServerStep:
+    """Clients with nonzero ``weights`` upload ``encoder``'s payload; the server aggregates it (the
+    weighted mean per payload name, or ``aggregator`` over the uploads with the server's model as
+    ``own``), its rule updates the server state, and the ``receivers`` (default: the uploaders)
+    download the broadcast. Every node's row is set to the broadcast (a node that was not a
+    receiver would download it when next sampled); only receivers are counted."""
+
+    weights: Tensor
+    encoder: Encoder = field(default_factory=SendModel)
+    aggregator: Aggregator | None = None
+    receivers: Tensor | None = None
+
+
+Plan = Mix | Average | Exchange | ServerStep | None

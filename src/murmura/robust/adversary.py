@@ -1,0 +1,76 @@
+"""Which nodes are malicious and what they send."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from murmura.robust.attacks import make_attack
+from murmura.swarm.random import uniform
+
+PLACEMENTS = ("random",)
+
+
+@dataclass(frozen=True)
+class Adversary:
+    """Malicious nodes: ``count`` of them, a ``fraction`` of all nodes, or the given ``nodes``;
+    ``placement="random"`` draws them from the seed. They train honestly; every message they
+    send is replaced by ``attack`` (see :mod:`murmura.robust.attacks`).
+
+    >>> adv = Adversary("sign_flip", fraction=0.25)
+    >>> int(adv.place(8, seed=0).sum())
+    2
+    """
+
+    attack: Any
+    fraction: float | None = None
+    count: int | None = None
+    nodes: tuple[int, ...] | None = None
+    placement: str = "random"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "attack", make_attack(self.attack))
+        given = [x is not None for x in (self.fraction, self.count, self.nodes)]
+        if sum(given) != 1:
+            raise ValueError("adversary: give exactly one of fraction, count or nodes")
+        if self.fraction is not None and not 0 < self.fraction < 1:
+            raise ValueError(
+                f"adversary: fraction must lie in (0, 1) (some node must stay honest), got "
+                f"{self.fraction!r}"
+            )
+        if self.count is not None and (int(self.count) != self.count or self.count < 1):
+            raise ValueError(f"adversary: count must be a positive integer, got {self.count!r}")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(
+                f"adversary: unknown placement {self.placement!r}; choose one of {PLACEMENTS}"
+            )
+
+    def how_many(self, num_nodes: int) -> int:
+        if self.nodes is not None:
+            count = len(set(self.nodes))
+        elif self.count is not None:
+            count = int(self.count)
+        else:
+            count = max(1, round(self.fraction * num_nodes))
+        if count >= num_nodes:
+            raise ValueError(
+                f"adversary: {count} malicious nodes of {num_nodes} leaves no honest node; "
+                "lower fraction or count"
+            )
+        return count
+
+    def place(self, num_nodes: int, seed: int, topology: Any = None) -> torch.Tensor:
+        """The malicious nodes as a bool mask ``[num_nodes]``."""
+        count = self.how_many(num_nodes)
+        mask = torch.zeros(num_nodes, dtype=torch.bool)
+        if self.nodes is not None:
+            bad = [int(i) for i in self.nodes]
+            if any(i < 0 or i >= num_nodes for i in bad):
+                raise ValueError(f"adversary: nodes must lie in [0, {num_nodes}), got {bad}")
+            mask[bad] = True
+            return mask
+        keys = uniform(seed, "adversary", torch.arange(num_nodes), dtype=torch.float64)
+        mask[torch.topk(keys, count, largest=False).indices] = True
+        return mask
