@@ -99,3 +99,29 @@ class Registry(Generic[T]):
     def describe(self) -> dict[str, str]:
         """name -> one-line description, sorted by name."""
         return {e.name: e.description for e in sorted(self._entries.values(), key=lambda e: e.name)}
+
+
+def build_component(registry: Registry, spec: Any) -> Any:
+    """A component from a config value: a name, ``{"name": ..., **params}`` (parameters checked
+    against the factory's signature), ``None``, or an already-built component (returned as is).
+    """
+    import inspect
+
+    if spec is None or (callable(spec) and not isinstance(spec, (str, dict))):
+        return spec
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ValueError(
+            f"{registry.kind} must be a name or {{ name = ..., ... }}, got {spec!r}"
+        )
+    params = {k: v for k, v in spec.items() if k != "name"}
+    factory = registry.get(spec["name"])
+    accepted = inspect.signature(factory).parameters
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"{registry.kind} {spec['name']!r} has no parameter(s) {', '.join(unknown)}; "
+            f"accepted: {', '.join(accepted) or 'none'}"
+        )
+    return factory(**params)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 from murmura.algorithms.base import ALGORITHMS, Algorithm, LocalWork, Schedule
 from murmura.algorithms.rules import (
@@ -24,6 +25,12 @@ def _work(local_steps: int | None, local_epochs: float | None, batch_size: int) 
     if local_steps is None and local_epochs is None:
         local_epochs = 1.0
     return LocalWork(batch_size=batch_size, steps=local_steps, epochs=local_epochs)
+
+
+def _participation(fraction: float | None, count: int | None) -> Any:
+    if fraction is None and count is None:
+        return FullParticipation()
+    return SampledParticipation(fraction=fraction, count=count)
 
 
 def _schedule(
@@ -50,23 +57,29 @@ def fedavg(
     fraction: float | None = None,
     clients_per_round: int | None = None,
     weighting: str = "samples",
+    aggregator: str | dict[str, Any] | None = None,
 ) -> Algorithm:
-    """FedAvg (McMahan et al., 2017): ``x <- sum_i (n_i / n) x_i`` over the round's clients."""
-    if fraction is None and clients_per_round is None:
-        participation = FullParticipation()
-    else:
-        participation = SampledParticipation(fraction=fraction, count=clients_per_round)
+    """FedAvg (McMahan et al., 2017): ``x <- sum_i (n_i / n) x_i`` over the round's clients;
+    ``aggregator`` (a name or ``{name = ..., ...}`` from ``murmura.robust``) replaces the weighted
+    mean by a robust rule over the uploaded models."""
+    params = dict(locals())
+    from murmura.algorithms.federated import ServerOptimize
+    from murmura.robust import make_aggregator
+
+    participation = _participation(fraction, clients_per_round)
     work = _work(local_steps, local_epochs, batch_size)
+    robust = make_aggregator(aggregator)
     return Algorithm(
         name="fedavg",
         local_rule=SGD(lr, momentum, weight_decay),
         # Each round's clients start a fresh optimizer from the global model, as in FedAvg.
         local_work=LocalWork(work.batch_size, work.steps, work.epochs,
                              reset_state_each_round=True),
-        communication=ServerAverage(weighting),
+        communication=(ServerAverage(weighting) if robust is None
+                       else ServerOptimize(weighting, aggregator=robust)),
         schedule=Every(1),
         participation=participation,
-        params=dict(locals()),
+        params=params,
     )
 
 
@@ -81,14 +94,19 @@ def dsgd(
     communicate_every: int = 1,
     late_fraction: float | None = None,
     final_merge: bool = False,
+    aggregator: str | dict[str, Any] | None = None,
 ) -> Algorithm:
     """Decentralized SGD (Lian et al., 2017): ``x_i <- sum_j W_ij (x_j - lr g_j)``, with H local
-    steps between gossips and an optional single global merge at the end (Zhu et al., 2025)."""
+    steps between gossips and an optional single global merge at the end (Zhu et al., 2025).
+    ``aggregator`` (from ``murmura.robust``) replaces the weighted sum by a robust rule over the
+    node's neighbourhood, itself included: ``x_i <- f(x_i, [x_i, x_j for j in N(i)])``."""
+    from murmura.robust import make_aggregator
+
     return Algorithm(
         name="dsgd",
         local_rule=SGD(lr, momentum, weight_decay),
         local_work=_work(local_steps, local_epochs, batch_size),
-        communication=Gossip(),
+        communication=Gossip(aggregator=make_aggregator(aggregator)),
         schedule=_schedule(communicate_every, late_fraction, final_merge),
         participation=FullParticipation(),
         needs_connected=not final_merge,

@@ -6,12 +6,13 @@ import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.func import grad
 
 from murmura.algorithms.base import Action, GradFn, LossFn, RoundContext, Tensor
-from murmura.algorithms.plans import Average, Mix, Plan
+from murmura.algorithms.plans import Average, Exchange, Mix, Plan
 from murmura.swarm.random import stream_id, uniform
 
 # ---------------------------------------------------------------------------------------------
@@ -88,14 +89,18 @@ class Gossip:
     """``x_i <- sum_j W[i, j] x_j`` on the round's topology (D-SGD / D-PSGD's gossip step).
 
     Every node gossips: participation decides who trains, not who mixes (sampled gossip with
-    renormalized weights belongs to rules such as MoDeST's)."""
+    renormalized weights belongs to rules such as MoDeST's). With an ``aggregator`` the weighted
+    sum becomes a robust rule over the neighbourhood, the node's own model included."""
 
     needs_topology: bool = True
+    aggregator: Any = None
 
     def plan(self, ctx: RoundContext, participants, topology, sizes) -> Plan:
         if topology is None:
             raise ValueError("gossip needs a topology: pass topology='ring' (or another graph)")
-        return Mix(topology.mixing_at(ctx.round, device=ctx.device))
+        mixing = topology.mixing_at(ctx.round, device=ctx.device)
+        return Mix(mixing) if self.aggregator is None else Exchange(mixing,
+                                                                    aggregator=self.aggregator)
 
 
 @dataclass(frozen=True)

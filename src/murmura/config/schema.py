@@ -370,6 +370,27 @@ class EngineConfig(Section):
         return self
 
 
+class AdversaryConfig(Section):
+    """Malicious nodes: how many, where, and what they send instead of their messages."""
+
+    attack: str | dict[str, Any] = Field(
+        description="the attack: a name or { name = ..., params } (murmura list attacks)"
+    )
+    fraction: float | None = Field(None, gt=0, lt=1, description="fraction of nodes malicious")
+    count: int | None = Field(None, ge=1, description="number of malicious nodes")
+    nodes: list[int] | None = Field(None, description="the malicious nodes' ids")
+    placement: Literal["random"] = Field(
+        "random", description="how malicious nodes are chosen: random (drawn by seed)"
+    )
+
+    def build(self) -> Any:
+        from murmura.robust import Adversary
+
+        return Adversary(self.attack, fraction=self.fraction, count=self.count,
+                         nodes=None if self.nodes is None else tuple(self.nodes),
+                         placement=self.placement)
+
+
 class OutputConfig(Section):
     """What a run writes into its run directory."""
 
@@ -413,6 +434,9 @@ class Experiment(Section):
     )
     schedule: ScheduleConfig | None = Field(
         None, description="when nodes communicate (passed to the algorithm)"
+    )
+    adversary: AdversaryConfig | None = Field(
+        None, description="malicious nodes and their attack (robustness experiments)"
     )
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
@@ -547,13 +571,22 @@ class Experiment(Section):
                     f"topology: algorithm {self.algorithm.name!r} does not communicate over a "
                     "graph (a server, or nothing), so [topology] would be ignored; remove it"
                 )
+        if self.adversary is not None:
+            try:
+                self.adversary.build().how_many(self.data.nodes)
+            except (ValueError, TypeError, KeyError) as error:
+                problems.append(f"adversary: {error}")
         if self.topology is not None and not problems:
             try:
-                self.build_topology(
+                topology = self.build_topology(
                     require_connected=bool(algorithm is not None and algorithm.needs_connected)
                 )
             except (ValueError, TypeError) as error:
                 problems.append(f"topology: {error}")
+            else:
+                problems += _aggregation_problems(algorithm, topology, self.data.nodes)
+        elif algorithm is not None and not problems:
+            problems += _aggregation_problems(algorithm, None, self.data.nodes)
         if problems:
             raise ConfigError(problems)
         return self
@@ -570,6 +603,22 @@ class Experiment(Section):
             require_connected=require_connected,
             **self.topology.params,
         )
+
+
+def _aggregation_problems(algorithm: Any, topology: Any, nodes: int) -> list[str]:
+    from murmura.robust.aggregators import check_messages, fewest_messages
+
+    how_many = getattr(algorithm.participation, "how_many", None)
+    fewest = fewest_messages(algorithm.communication, topology,
+                             how_many(nodes) if how_many is not None else nodes)
+    if fewest is None:
+        return []
+    try:
+        check_messages(algorithm.communication.aggregator, fewest,
+                       "the sparsest receiver gets")
+    except ValueError as error:
+        return [f"algorithm.aggregator: {error}"]
+    return []
 
 
 def import_modules(modules: list[str], folders: list[Path]) -> None:

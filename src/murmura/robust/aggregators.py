@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from murmura.registry import Registry
+from murmura.registry import Registry, build_component
 
 Tensor = torch.Tensor
 
@@ -134,25 +134,28 @@ class Krum:
 
 def make_aggregator(spec: str | dict | object | None) -> object | None:
     """An aggregator from a name, ``{"name": ..., **params}``, or an aggregator itself."""
-    return _make(AGGREGATORS, "aggregator", spec)
+    return build_component(AGGREGATORS, spec)
 
 
-def _make(registry: Registry, kind: str, spec: str | dict | object | None) -> object | None:
-    import inspect
-
-    if spec is None or callable(spec) and not isinstance(spec, (str, dict)):
-        return spec
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    if not isinstance(spec, dict) or "name" not in spec:
-        raise ValueError(f"{kind} must be a name or {{name = ..., ...}}, got {spec!r}")
-    params = {k: v for k, v in spec.items() if k != "name"}
-    factory = registry.get(spec["name"])
-    accepted = inspect.signature(factory).parameters
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
+def check_messages(aggregator: object, fewest: int, where: str) -> None:
+    """Refuse an aggregator that needs more messages than a receiver gets (``fewest``: the
+    smallest number any receiver aggregates, ``where`` says whose)."""
+    need = getattr(aggregator, "min_messages", lambda: 1)()
+    if fewest < need:
         raise ValueError(
-            f"{kind} {spec['name']!r} has no parameter(s) {', '.join(unknown)}; accepted: "
-            f"{', '.join(accepted) or 'none'}"
+            f"aggregator {type(aggregator).__name__} needs at least {need} messages per receiver "
+            f"but {where} {fewest}: use a denser graph, more clients per round, or a smaller f"
         )
-    return factory(**params)
+
+
+def fewest_messages(communication: object, topology: object, participants: int) -> int | None:
+    """How many messages the receiver with the fewest aggregates under ``communication``'s
+    robust rule (a graph node: its in-neighbours and itself; a server: the round's clients), or
+    ``None`` when there is no robust rule or a time-varying graph decides it per round."""
+    if getattr(communication, "aggregator", None) is None:
+        return None
+    if getattr(communication, "needs_topology", False):
+        if topology is None or topology.time_varying:
+            return None
+        return int(topology.mixing_at(0).in_degree.min()) + 1
+    return participants

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from murmura.registry import Registry
-from murmura.robust.aggregators import _make
+from murmura.registry import Registry, build_component
 from murmura.swarm.random import key_normal
 
 Tensor = torch.Tensor
@@ -58,7 +57,7 @@ class Gaussian:
 
 def make_attack(spec: str | dict | object) -> object:
     """An attack from a name, ``{"name": ..., **params}``, or an attack itself."""
-    attack = _make(ATTACKS, "attack", spec)
+    attack = build_component(ATTACKS, spec)
     if attack is None:
         raise ValueError("an adversary needs an attack, e.g. attack = { name = \"sign_flip\" }")
     return attack

@@ -88,6 +88,7 @@ def build_simulation(experiment: Experiment, backend: str | None = None) -> Any:
         chunk_size=engine.chunk_size,
         same_init=engine.same_init,
         fused=engine.fused,
+        adversary=None if experiment.adversary is None else experiment.adversary.build(),
     )
 
 

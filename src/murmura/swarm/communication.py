@@ -137,10 +137,9 @@ class Communication:
             pieces.append(vmap(fn, in_dims=tuple(in_dims))(*sliced))
         return _concat(pieces)
 
-    def _message_keys(self, rows: Tensor | None) -> Tensor:
+    def _message_keys(self) -> Tensor:
+        """Every local node's key for this round's message of the current plan."""
         nodes = torch.arange(self.first_node, self.last_node, device=self.device)
-        if rows is not None:
-            nodes = nodes[rows]
         return node_keys(self.seed, "message", nodes, self.round, self._plan_index)
 
     def _write(self, updates: dict[str, Tensor], rows: Tensor | None) -> None:
@@ -160,7 +159,7 @@ class Communication:
     def _encode(self, encoder: Any, rows: Tensor | None) -> dict[str, Tensor]:
         state = {k: self.node_state[k] for k in self.node_state}
         payload, updates = self._per_node(
-            encoder.encode, rows, (self.params, state, self._message_keys(rows)), (0, 0, 0)
+            encoder.encode, rows, (self.params, state, self._message_keys()), (0, 0, 0)
         )
         if updates:
             self._write(updates, rows)

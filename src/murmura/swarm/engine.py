@@ -146,6 +146,7 @@ class Simulation(LocalTraining, Communication, Measurement):
         self.server_state: dict[str, torch.Tensor] = (
             algorithm.server.init(self._initial_row()) if algorithm.server is not None else {}
         )
+        self._check_aggregation()
         self.adversary = adversary
         self.malicious = self._place_adversary(adversary)
         self._plan_index = 0  # which plan of the round's sequence runs (keys its draws)
@@ -256,6 +257,19 @@ class Simulation(LocalTraining, Communication, Measurement):
                         module.reset_parameters()
                 rows.append(self.spec.flatten(model))
         return torch.stack(rows).to(self.device)
+
+    def _check_aggregation(self) -> None:
+        """A robust rule that needs more messages than some receiver gets fails now."""
+        from murmura.robust.aggregators import check_messages, fewest_messages
+
+        how_many = getattr(self.algorithm.participation, "how_many", None)
+        clients = how_many(self.num_nodes) if how_many is not None else self.num_nodes
+        communication = self.algorithm.communication
+        fewest = fewest_messages(communication, self.topology, clients)
+        if fewest is not None:
+            where = ("the node with the fewest neighbours gets" if communication.needs_topology
+                     else "the server gets one upload per client of the round:")
+            check_messages(communication.aggregator, fewest, where)
 
     def _initial_row(self) -> torch.Tensor:
         """The template model as one flat row (a server's initial model, on every process)."""
