@@ -21,7 +21,8 @@ def restored_registries():
     from murmura.topology import MIXING
 
     registries = [murmura.ALGORITHMS, murmura.DATASETS, murmura.MODELS, murmura.PARTITIONERS,
-                  murmura.TOPOLOGIES, MIXING]
+                  murmura.TOPOLOGIES, MIXING, murmura.AGGREGATORS, murmura.ATTACKS,
+                  murmura.COMPRESSORS]
     saved = [dict(r._entries) for r in registries]
     yield
     for registry, entries in zip(registries, saved):

@@ -30,6 +30,9 @@ KINDS = {
     "partitions": "PARTITIONERS",
     "models": "MODELS",
     "weights": "MIXING",
+    "aggregators": "AGGREGATORS",
+    "attacks": "ATTACKS",
+    "compressors": "COMPRESSORS",
 }
 
 
@@ -238,6 +241,9 @@ def _supplied() -> dict[str, tuple[str, ...]]:
         "partitions": PartitionChoice.supplied,
         "models": ModelChoice.supplied,
         "weights": (),  # mixing rules' parameters are not listed
+        "aggregators": (),
+        "attacks": (),
+        "compressors": (),
     }
 
 
@@ -255,7 +261,8 @@ def registry_of(kind: str) -> Any:
 @_guard
 def list_(
     kind: Annotated[str | None, typer.Argument(
-        help="algorithms, topologies, datasets, partitions, models or weights (default: all)")
+        help="algorithms, topologies, datasets, partitions, models, weights, aggregators, "
+        "attacks or compressors (default: all)")
     ] = None,
     import_: Annotated[list[str] | None, typer.Option(
         "--import", help="a module that registers components (repeatable), as a config's "

@@ -6,6 +6,7 @@ import inspect
 from typing import Any
 
 from murmura.algorithms.base import ALGORITHMS, Algorithm, LocalWork, Schedule
+from murmura.algorithms.plans import ServerAverageRule
 from murmura.algorithms.rules import (
     SGD,
     Every,
@@ -80,6 +81,7 @@ def fedavg(
         schedule=Every(1),
         participation=participation,
         params=params,
+        server=None if robust is None else ServerAverageRule(),
     )
 
 

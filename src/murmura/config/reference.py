@@ -160,6 +160,18 @@ def configuration_markdown() -> str:
             lines += ["", f"Static graphs also take `weights` (the mixing rule): {weights}; "
                       "default `metropolis`."]
         lines.append("")
+    lines += ["### Robustness and compression (`algorithm.aggregator`, `adversary.attack`, "
+              "`algorithm.compressor`)", ""]
+    for kind in ("aggregators", "attacks", "compressors"):
+        registry = registry_of(kind)
+        lines += [f"`murmura list {kind}`:", "", "| name | description | parameters (defaults) |",
+                  "|---|---|---|"]
+        for entry, description in registry.describe().items():
+            if not getattr(registry.get(entry), "__module__", "").startswith("murmura."):
+                continue
+            params = _signature_text(registry.get(entry), ()) or "(none)"
+            lines.append(f"| `{entry}` | {description} | {params} |")
+        lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -194,16 +194,17 @@ class Communication:
         csr = mixing.matrix.to_sparse_csr()
         crow, col = csr.crow_indices().cpu(), csr.col_indices().cpu()
         lo, hi = self.first_node, self.last_node
-        lists = []
-        for i in range(lo, hi):  # setup only, once per matrix: not the per-round path
-            js = col[crow[i] : crow[i + 1]]
-            lists.append(js[js != i])
-        k = max((len(js) for js in lists), default=0)
+        rows = torch.repeat_interleave(torch.arange(hi - lo), crow[lo + 1 : hi + 1] - crow[lo:hi])
+        cols = col[crow[lo] : crow[hi]]
+        others = cols != rows + lo
+        rows, cols = rows[others], cols[others]
+        degree = torch.bincount(rows, minlength=hi - lo)
+        k = int(degree.max()) if len(degree) else 0
+        position = torch.arange(len(rows)) - (torch.cumsum(degree, 0) - degree)[rows]
         index = torch.zeros(hi - lo, k, dtype=torch.int64)
         mask = torch.zeros(hi - lo, k)
-        for row, js in enumerate(lists):
-            index[row, : len(js)] = js
-            mask[row, : len(js)] = 1.0
+        index[rows, position] = cols
+        mask[rows, position] = 1.0
         index, mask = index.to(self.device), mask.to(self.device)
         if len(self._neighbour_cache) > 4:  # time-varying graphs: a new matrix every round
             self._neighbour_cache.clear()
