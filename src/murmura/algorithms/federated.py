@@ -238,7 +238,8 @@ def fedavgm(lr: float = 0.05, server_lr: float = 1.0, server_momentum: float = 0
 
 
 def _fedopt(kind: str, defaults: dict) -> Any:
-    def factory(lr: float = 0.05, server_lr: float = defaults["server_lr"], beta1: float = 0.9,
+    def factory(lr: float = 0.05, server_lr: float = defaults["server_lr"],
+                beta1: float = defaults["beta1"],
                 beta2: float = 0.99, tau: float = defaults["tau"],
                 local_epochs: float | None = None, local_steps: int | None = None,
                 batch_size: int = 32, fraction: float | None = None,
@@ -253,9 +254,10 @@ def _fedopt(kind: str, defaults: dict) -> Any:
 
 
 fedadam = ALGORITHMS.register("fedadam", "FedAdam: server Adam on the averaged client update")(
-    _fedopt("adam", {"server_lr": 0.1, "tau": 1e-9}))
+    _fedopt("adam", {"server_lr": 0.1, "beta1": 0.9, "tau": 1e-9}))
 fedyogi = ALGORITHMS.register("fedyogi", "FedYogi: server Yogi on the averaged client update")(
-    _fedopt("yogi", {"server_lr": 0.01, "tau": 1e-3}))
+    _fedopt("yogi", {"server_lr": 0.01, "beta1": 0.9, "tau": 1e-3}))
 fedadagrad = ALGORITHMS.register(
     "fedadagrad", "FedAdagrad: server Adagrad on the averaged client update")(
-    _fedopt("adagrad", {"server_lr": 0.1, "tau": 1e-9}))
+    # Flower's FedAdagrad has no momentum: it fixes beta_1 = 0 (m_t = delta_t)
+    _fedopt("adagrad", {"server_lr": 0.1, "beta1": 0.0, "tau": 1e-9}))

@@ -224,14 +224,16 @@ class Exchange:
     name (``W``'s diagonal included: a node "receives" its own message at no cost). Non-linear:
     ``r_i = aggregator(m_i, [m_i, m_j for j in N_in(i)], mask)`` on the single payload, with the
     neighbourhood read from ``W``'s nonzeros and its weights unused. Every node sends to every
-    out-neighbour; the engine counts ``encoder.nbytes(d)`` per link, whatever the link's weight
-    (a structural zero is no link; an explicit 0 is dropped by ``MixingMatrix``, so route a
-    zero-weight message through a separate plan)."""
+    out-neighbour; the engine counts ``encoder.nbytes(d)`` per link, whatever the link's weight.
+    ``routes``: when messages go where ``W`` gives them no weight (a receiver that discards what
+    it gets still received it), a matrix whose nonzeros are the links actually used; it is
+    counted instead of ``W``'s."""
 
     matrix: MixingMatrix
     encoder: Encoder = field(default_factory=SendModel)
     combiner: Combiner = field(default_factory=TakeReceived)
     aggregator: Aggregator | None = None
+    routes: MixingMatrix | None = None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ PLACEMENTS = ("random",)
 class Adversary:
     """Malicious nodes: ``count`` of them, a ``fraction`` of all nodes, or the given ``nodes``;
     ``placement="random"`` draws them from the seed. They train honestly; every message they
-    send is replaced by ``attack`` (see :mod:`murmura.robust.attacks`).
+    send is replaced by ``attack`` (see :mod:`murmura.robust.attacks`). ``placement`` may also
+    be a rule of your own, ``placement(count, num_nodes, seed, topology) -> node ids`` (the
+    highest-degree nodes, a bridge, ...).
 
     >>> adv = Adversary("sign_flip", fraction=0.25)
     >>> int(adv.place(8, seed=0).sum())
@@ -28,7 +30,7 @@ class Adversary:
     fraction: float | None = None
     count: int | None = None
     nodes: tuple[int, ...] | None = None
-    placement: str = "random"
+    placement: Any = "random"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attack", make_attack(self.attack))
@@ -42,7 +44,7 @@ class Adversary:
             )
         if self.count is not None and (int(self.count) != self.count or self.count < 1):
             raise ValueError(f"adversary: count must be a positive integer, got {self.count!r}")
-        if self.placement not in PLACEMENTS:
+        if not callable(self.placement) and self.placement not in PLACEMENTS:
             raise ValueError(
                 f"adversary: unknown placement {self.placement!r}; choose one of {PLACEMENTS}"
             )
@@ -70,6 +72,16 @@ class Adversary:
             if any(i < 0 or i >= num_nodes for i in bad):
                 raise ValueError(f"adversary: nodes must lie in [0, {num_nodes}), got {bad}")
             mask[bad] = True
+            return mask
+        if callable(self.placement):
+            chosen = torch.as_tensor(self.placement(count, num_nodes, seed, topology),
+                                     dtype=torch.int64).unique()
+            if len(chosen) != count or bool((chosen < 0).any() | (chosen >= num_nodes).any()):
+                raise ValueError(
+                    f"adversary: the placement rule returned {chosen.tolist()}; it must return "
+                    f"{count} distinct node ids in [0, {num_nodes})"
+                )
+            mask[chosen] = True
             return mask
         keys = uniform(seed, "adversary", torch.arange(num_nodes), dtype=torch.float64)
         mask[torch.topk(keys, count, largest=False).indices] = True

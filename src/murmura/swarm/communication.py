@@ -79,9 +79,15 @@ class Communication:
         size = self.message_bytes
         average = self._weighted_sum(plan.weights.to(self.params.dtype), self.params)
         self.params.copy_(average.expand_as(self.params))
+        self._mark_identical()
         uploaders = plan.weights > 0
         receivers = uploaders if plan.receivers is None else plan.receivers
         self._count_star(uploaders, size, receivers, size)
+
+    def _mark_identical(self) -> None:
+        """Every row now holds the same model: evaluation can skip summing the state (the mark
+        is void as soon as the state is written again)."""
+        self._identical = (self.params, self.params._version)
 
     # ------------------------------------------------------------ primitives across processes
 
@@ -183,7 +189,7 @@ class Communication:
         updates = self._per_node(plan.combiner.combine, None, (self.params, state, received),
                                  (0, 0, 0))
         self._write(updates, None)
-        self._count_links(mixing, plan.encoder.nbytes(self.spec.dim))
+        self._count_links(plan.routes or mixing, plan.encoder.nbytes(self.spec.dim))
 
     def _neighbourhoods(self, mixing: Any) -> tuple[Tensor, Tensor]:
         """Each local node's in-neighbours (other nodes it receives from), padded: global ids
@@ -287,6 +293,8 @@ class Communication:
                     f"node state ({sorted(self.node_state)})"
                 )
             target.copy_(value.expand_as(target))
+        if "params" in broadcast:
+            self._mark_identical()
         down = sum(4 * v.numel() for v in broadcast.values())
         self._count_star(uploaders, plan.encoder.nbytes(self.spec.dim), receivers, down)
 

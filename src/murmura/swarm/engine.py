@@ -24,7 +24,7 @@ from torch import nn
 from torch.func import vmap
 
 from murmura.algorithms.base import Algorithm, RoundContext, make_algorithm
-from murmura.algorithms.plans import Average, ServerStep
+from murmura.algorithms.plans import Average
 from murmura.algorithms.rules import global_average_weights
 from murmura.metrics.history import History
 from murmura.models import build_model, check_functional
@@ -371,10 +371,6 @@ class Simulation(LocalTraining, Communication, Measurement):
         else:
             plan = None
         self.communicate(plan)
-        # after a server average every node holds x̄: evaluation can skip summing the state
-        last = plan[-1] if isinstance(plan, (list, tuple)) and plan else plan
-        if isinstance(last, (Average, ServerStep)):
-            self._identical = (self.params, self.params._version)
         t2 = time.perf_counter()
         record: dict[str, Any] = {"round": self.round, "communicated": action}
         if self._should_evaluate(total_rounds):
