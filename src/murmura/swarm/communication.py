@@ -148,15 +148,20 @@ class Communication:
         nodes = torch.arange(self.first_node, self.last_node, device=self.device)
         return node_keys(self.seed, "message", nodes, self.round, self._plan_index)
 
+    def _target(self, name: str, who: str) -> Tensor:
+        """The rows a result named ``name`` is stored into: the model, or a node state."""
+        target = self.params if name == "params" else self.node_state.get(name)
+        if target is None:
+            raise KeyError(
+                f"{who} {name!r}, which is neither 'params' nor a node state any rule declares "
+                f"(declared: {sorted(self.node_state)}); add it to a rule's node_state"
+            )
+        return target
+
     def _write(self, updates: dict[str, Tensor], rows: Tensor | None) -> None:
         """Store per-node results: ``"params"`` into the model rows, others into node state."""
         for name, value in updates.items():
-            target = self.params if name == "params" else self.node_state.get(name)
-            if target is None:
-                raise KeyError(
-                    f"a rule returned an update for {name!r}, which no rule declares as node "
-                    f"state (declared: {sorted(self.node_state)}); add it to a node_state"
-                )
+            target = self._target(name, "a rule returned an update for")
             if rows is None:
                 target.copy_(value)
             else:
@@ -283,15 +288,10 @@ class Communication:
         server = self.algorithm.server or ServerAverageRule()
         if not self.server_state:
             self.server_state = server.init(self._initial_row())
-        ctx = replace(self.context(self.total_rounds or self.round + 1), uploaders=m)
+        ctx = replace(self.context(self._round_total), uploaders=m)
         broadcast, self.server_state = server.update(self.server_state, aggregate, ctx)
         for name, value in broadcast.items():
-            target = self.params if name == "params" else self.node_state.get(name)
-            if target is None:
-                raise KeyError(
-                    f"the server broadcast {name!r}, which is neither 'params' nor a declared "
-                    f"node state ({sorted(self.node_state)})"
-                )
+            target = self._target(name, "the server broadcast")
             target.copy_(value.expand_as(target))
         if "params" in broadcast:
             self._mark_identical()
