@@ -68,7 +68,7 @@ class ChocoGossip:
 
 
 # ---------------------------------------------------------------------------------------------
-# gradient tracking (DIGing / GT-DSGD; with local steps as K-GT, Liu et al., 2023)
+# gradient tracking (GT-DSGD, Pu and Nedic 2021; with local steps K-GT, Liu et al., 2023)
 
 TRACKING = {"anchor": NodeState("params", "round"), "correction": NodeState(),
             "drift": NodeState()}
@@ -113,7 +113,9 @@ class SendModelAndDrift:
 @dataclass(frozen=True)
 class TrackCombine:
     """``x_i <- sum_j W_ij x_j``; ``c_i <- c_i + d_i - sum_j W_ij d_j``. With one local step,
-    ``y_i = g_i + c_i`` is DIGing's tracker: ``y <- W y + g(x_new) - g(x_old)``."""
+    ``y_i = g_i + c_i`` is the tracker ``y <- W y + g(x_new) - g(x_old)`` and the model update
+    is ``x <- W (x - lr y)``: GT-DSGD, the adapt-then-combine form of DIGing (whose model update
+    is ``W x - lr y``)."""
 
     node_state: dict = field(default_factory=lambda: dict(TRACKING))
 
@@ -163,13 +165,14 @@ def choco(lr: float = 0.05, gamma: float = 1.0, compressor: str | dict[str, Any]
     )
 
 
-@ALGORITHMS.register("gradient_tracking", "gradient tracking (DIGing / GT-DSGD; K-GT with local "
-                     "steps): local steps corrected towards the global gradient")
+@ALGORITHMS.register("gradient_tracking", "gradient tracking (GT-DSGD; K-GT with local steps): "
+                     "local steps corrected towards the global gradient")
 def gradient_tracking(lr: float = 0.05, local_steps: int | None = None,
                       local_epochs: float | None = None, batch_size: int = 32) -> Algorithm:
     """Gradient tracking: each node's steps follow ``g_i + c_i``, where ``c_i`` tracks the gap
-    between the network's mean gradient and its own; with one local step this is DIGing
-    (Nedić et al., 2017) / GT-DSGD, with several it is K-GT (Liu et al., 2023). Each link
+    between the network's mean gradient and its own; with one local step this is GT-DSGD
+    (Pu and Nedić, 2021: ``x <- W (x - lr y)``, ``y <- W y + g_new - g_old``, the
+    adapt-then-combine form of DIGing), with several it is K-GT (Liu et al., 2023). Each link
     carries the model and the drift (2 vectors)."""
     return Algorithm(
         name="gradient_tracking",

@@ -123,6 +123,14 @@ class ShardedSimulation(Simulation):
                 "it with the default backend (leave out --backend dist)"
             )
         super().__init__(*args, **kwargs)
+        aggregator = getattr(self.algorithm.communication, "aggregator", None)
+        if aggregator is not None:
+            raise ValueError(
+                f"the aggregator {type(aggregator).__name__} of algorithm "
+                f"{self.algorithm.name!r} is not sharded yet (a non-linear aggregation needs every "
+                "node's message in one process): run it with the default backend (leave out "
+                "--backend dist)"
+            )
 
     def _node_range(self) -> tuple[int, int]:
         self.bounds = shard_bounds(self.num_nodes, self.world_size)

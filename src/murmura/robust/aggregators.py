@@ -83,9 +83,6 @@ class TrimmedMean:
         if self.f is not None and (int(self.f) != self.f or self.f < 0):
             raise ValueError(f"trimmed_mean: f must be an integer >= 0, got {self.f!r}")
 
-    def trimmed(self, count: int) -> int:
-        return int(self.f) if self.f is not None else math.floor(self.fraction * count)
-
     def min_messages(self) -> int:
         return 2 * int(self.f) + 1 if self.f is not None else 1
 
