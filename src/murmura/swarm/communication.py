@@ -21,6 +21,7 @@ from murmura.algorithms.plans import (
     Exchange,
     Mix,
     Plan,
+    SendModel,
     ServerAverageRule,
     ServerStep,
 )
@@ -128,20 +129,21 @@ class Communication:
         return max(1, min(self.local_nodes, _BLOCK_BYTES // max(1, 4 * self.spec.dim * vectors)))
 
     def _per_node(
-        self, fn: Callable, rows: Tensor | None, args: Sequence[Any], in_dims: Sequence[Any]
-    ) -> Any:
+        self, fn: Callable, rows: Tensor | None, args: Sequence[Any], in_dims: Sequence[Any],
+        store: Callable[[Any, Any], None],
+    ) -> None:
         """``vmap(fn)`` over the nodes ``rows`` (local indices; ``None``: every local node) in
         blocks; ``args`` are full local tensors (or dicts of them) indexed by those rows, or
-        shared values (``in_dims`` entry ``None``). Returns ``fn``'s outputs stacked by row."""
+        shared values (``in_dims`` entry ``None``). ``store(where, outputs)`` places each
+        block's outputs, so no ``[n, d]`` result is built only to be copied again."""
         count = self.local_nodes if rows is None else len(rows)
         block = self._comm_block(4 + len(args))
-        pieces = []
         for start in range(0, count, block):
             where = (slice(start, min(start + block, count)) if rows is None
                      else rows[start : start + block])
             sliced = [_rows_of(a, where) if d == 0 else a for a, d in zip(args, in_dims)]
-            pieces.append(vmap(fn, in_dims=tuple(in_dims))(*sliced))
-        return _concat(pieces)
+            store(where if rows is None else slice(start, start + len(where)),
+                  vmap(fn, in_dims=tuple(in_dims))(*sliced))
 
     def _message_keys(self) -> Tensor:
         """Every local node's key for this round's message of the current plan."""
@@ -158,22 +160,31 @@ class Communication:
             )
         return target
 
-    def _write(self, updates: dict[str, Tensor], rows: Tensor | None) -> None:
+    def _write(self, updates: dict[str, Tensor], where: Any) -> None:
         """Store per-node results: ``"params"`` into the model rows, others into node state."""
         for name, value in updates.items():
-            target = self._target(name, "a rule returned an update for")
-            if rows is None:
-                target.copy_(value)
-            else:
-                target[rows] = value
+            self._target(name, "a rule returned an update for")[where] = value
 
     def _encode(self, encoder: Any, rows: Tensor | None) -> dict[str, Tensor]:
-        state = {k: self.node_state[k] for k in self.node_state}
-        payload, updates = self._per_node(
-            encoder.encode, rows, (self.params, state, self._message_keys()), (0, 0, 0)
-        )
-        if updates:
-            self._write(updates, rows)
+        """Every sender's payload (``rows``: local indices; ``None``: every local node), with
+        the encoder's own-state updates written as it goes."""
+        if isinstance(encoder, SendModel) and rows is None and self.malicious is None:
+            return {"params": self.params}  # read as it is: nothing writes it before the mix
+        payload: dict[str, Tensor] = {}
+        count = self.local_nodes if rows is None else len(rows)
+
+        def store(where: Any, outputs: tuple[dict, dict]) -> None:
+            message, updates = outputs
+            for name, value in message.items():
+                if name not in payload:
+                    payload[name] = torch.empty(count, *value.shape[1:], dtype=value.dtype,
+                                                device=self.device)
+                payload[name][where] = value
+            self._write(updates, where if rows is None else rows[where])
+
+        state = dict(self.node_state)
+        self._per_node(encoder.encode, rows, (self.params, state, self._message_keys()),
+                       (0, 0, 0), store)
         return payload
 
     # ------------------------------------------------------------ graph exchanges
@@ -190,10 +201,9 @@ class Communication:
                 self._mix_rows(mixing, message, received[name])
         else:
             received = self._aggregate_on_graph(plan.aggregator, payload, mixing)
-        state = {k: self.node_state[k] for k in self.node_state}
-        updates = self._per_node(plan.combiner.combine, None, (self.params, state, received),
-                                 (0, 0, 0))
-        self._write(updates, None)
+        self._per_node(plan.combiner.combine, None,
+                       (self.params, dict(self.node_state), received), (0, 0, 0),
+                       lambda where, updates: self._write(updates, where))
         self._count_links(plan.routes or mixing, plan.encoder.nbytes(self.spec.dim))
 
     def _neighbourhoods(self, mixing: Any) -> tuple[Tensor, Tensor]:
@@ -346,17 +356,6 @@ def _rows_of(value: Any, where: Any) -> Any:
     if isinstance(value, dict):
         return {k: v[where] for k, v in value.items()}
     return value[where]
-
-
-def _concat(pieces: list[Any]) -> Any:
-    first = pieces[0]
-    if len(pieces) == 1:
-        return first
-    if isinstance(first, tuple):
-        return tuple(_concat([p[i] for p in pieces]) for i in range(len(first)))
-    if isinstance(first, dict):
-        return {k: _concat([p[k] for p in pieces]) for k in first}
-    return torch.cat(pieces)
 
 
 __all__ = ["Communication"]
