@@ -16,10 +16,11 @@ from murmura.data import DATASETS, PARTITIONERS, federate, load_dataset  # noqa:
 from murmura.models import MODELS, build_model  # noqa: E402
 from murmura.robust import AGGREGATORS, ATTACKS, Adversary  # noqa: E402
 from murmura.swarm.engine import Evaluation, Simulation  # noqa: E402
+from murmura.tasks import TASKS  # noqa: E402
 from murmura.topology import TOPOLOGIES, make_topology  # noqa: E402
 
 __all__ = [
     "AGGREGATORS", "ALGORITHMS", "ATTACKS", "COMPRESSORS", "DATASETS", "MODELS", "PARTITIONERS",
-    "TOPOLOGIES", "Adversary", "Evaluation", "Simulation", "__version__", "build_model",
+    "TASKS", "TOPOLOGIES", "Adversary", "Evaluation", "Simulation", "__version__", "build_model",
     "federate", "load_dataset", "make_algorithm", "make_topology",
 ]

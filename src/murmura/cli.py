@@ -33,6 +33,7 @@ KINDS = {
     "aggregators": "AGGREGATORS",
     "attacks": "ATTACKS",
     "compressors": "COMPRESSORS",
+    "tasks": "TASKS",
 }
 
 
@@ -244,6 +245,7 @@ def _supplied() -> dict[str, tuple[str, ...]]:
         "aggregators": (),
         "attacks": (),
         "compressors": (),
+        "tasks": (),
     }
 
 
@@ -262,7 +264,7 @@ def registry_of(kind: str) -> Any:
 def list_(
     kind: Annotated[str | None, typer.Argument(
         help="algorithms, topologies, datasets, partitions, models, weights, aggregators, "
-        "attacks or compressors (default: all)")
+        "attacks, compressors or tasks (default: all)")
     ] = None,
     import_: Annotated[list[str] | None, typer.Option(
         "--import", help="a module that registers components (repeatable), as a config's "

@@ -160,9 +160,9 @@ def configuration_markdown() -> str:
             lines += ["", f"Static graphs also take `weights` (the mixing rule): {weights}; "
                       "default `metropolis`."]
         lines.append("")
-    lines += ["### Robustness and compression (`algorithm.aggregator`, `adversary.attack`, "
-              "`algorithm.compressor`)", ""]
-    for kind in ("aggregators", "attacks", "compressors"):
+    lines += ["### Robustness, compression and tasks (`algorithm.aggregator`, "
+              "`adversary.attack`, `algorithm.compressor`, `task`)", ""]
+    for kind in ("aggregators", "attacks", "compressors", "tasks"):
         registry = registry_of(kind)
         lines += [f"`murmura list {kind}`:", "", "| name | description | parameters (defaults) |",
                   "|---|---|---|"]

@@ -435,6 +435,10 @@ class Experiment(Section):
     schedule: ScheduleConfig | None = Field(
         None, description="when nodes communicate (passed to the algorithm)"
     )
+    task: str | None = Field(
+        None, description="the per-node loss and the scores (murmura list tasks); default: the "
+        "dataset's own (classification, or next_token for python_docs)"
+    )
     adversary: AdversaryConfig | None = Field(
         None, description="malicious nodes and their attack (robustness experiments)"
     )
@@ -571,6 +575,11 @@ class Experiment(Section):
                     f"topology: algorithm {self.algorithm.name!r} does not communicate over a "
                     "graph (a server, or nothing), so [topology] would be ignored; remove it"
                 )
+        if self.task is not None:
+            from murmura.tasks import TASKS
+
+            if self.task not in TASKS:
+                problems.append(f"task: {TASKS._unknown_message(self.task)}")
         if self.adversary is not None:
             try:
                 self.adversary.build().how_many(self.data.nodes)

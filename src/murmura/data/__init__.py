@@ -11,6 +11,7 @@ Datasets are found by name in :data:`DATASETS` (``fashion_mnist``, ``digits``, `
 same way.
 """
 
+from murmura.data import text as _text  # noqa: F401  (registers python_docs)
 from murmura.data.dataset import DATASETS, Dataset, load_dataset
 from murmura.data.datasets import DataFormatError, DataNotFoundError
 from murmura.data.federated import FederatedData, federate

@@ -59,21 +59,24 @@ class Dataset:
     test_y: torch.Tensor
     num_classes: int
     natural_partition: list[np.ndarray] | None = None
+    task: str = "classification"
 
     def __post_init__(self) -> None:
+        sequence = self.task == "next_token"
         for split in ("train", "test"):
             x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
             if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
                 raise TypeError(f"dataset {self.name!r}: {split}_x and {split}_y must be tensors")
-            if not x.is_floating_point() or x.ndim < 1:
+            if x.ndim < 1 or not (x.is_floating_point() or sequence and x.dtype == torch.int64):
                 raise ValueError(
-                    f"dataset {self.name!r}: {split}_x must be a float tensor [N, ...], got "
-                    f"{x.dtype} of shape {tuple(x.shape)}; convert with .float()"
+                    f"dataset {self.name!r}: {split}_x must be a float tensor [N, ...] (int64 "
+                    f"symbols for a next_token task), got {x.dtype} of shape {tuple(x.shape)}"
                 )
-            if y.dtype != torch.int64 or y.ndim != 1:
+            if y.dtype != torch.int64 or y.ndim != (2 if sequence else 1):
+                shape = "[N, positions]" if sequence else "[N]"
                 raise ValueError(
-                    f"dataset {self.name!r}: {split}_y must be an int64 tensor [N], got "
-                    f"{y.dtype} of shape {tuple(y.shape)}; convert with .long()"
+                    f"dataset {self.name!r}: {split}_y must be an int64 tensor {shape} for a "
+                    f"{self.task} task, got {y.dtype} of shape {tuple(y.shape)}"
                 )
             if x.shape[0] != y.shape[0]:
                 raise ValueError(
@@ -98,6 +101,12 @@ class Dataset:
                         f"dataset {self.name!r}: natural_partition[{i}] has indices outside "
                         f"0..{n - 1}"
                     )
+
+    @property
+    def partition_labels(self) -> torch.Tensor:
+        """One class id per training sample, for label-skew partitioners: the label, or for
+        a sequence the symbol its last position predicts."""
+        return self.train_y if self.train_y.ndim == 1 else self.train_y[:, -1]
 
     @property
     def feature_shape(self) -> tuple[int, ...]:

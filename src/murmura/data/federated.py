@@ -97,7 +97,7 @@ class FederatedData:
     def stats(self) -> dict[str, Any]:
         """:func:`murmura.data.partition_stats` of this split."""
         return partition_stats(
-            self.parts, self.dataset.train_y.cpu().numpy(), self.dataset.num_classes
+            self.parts, self.dataset.partition_labels.cpu().numpy(), self.dataset.num_classes
         )
 
     def __repr__(self) -> str:
@@ -170,6 +170,7 @@ def federate(
         return FederatedData.from_parts(dataset, nat)
 
     parts = _partition(
-        partition, dataset.train_y.cpu().numpy(), num_nodes, seed=seed, **partition_params
+        partition, dataset.partition_labels.cpu().numpy(), num_nodes, seed=seed,
+        **partition_params
     )
     return FederatedData.from_parts(dataset, parts)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
 from murmura.swarm.params import ParamSpec
+from murmura.tasks import Classification
 
 
 @torch.no_grad()
@@ -19,10 +22,23 @@ def evaluate_model(
     y: torch.Tensor,
     buffers: dict[str, torch.Tensor] | None = None,
     batch_size: int = 4096,
+    task: Any = None,
 ) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy of one flat parameter vector on ``(x, y)``."""
+    """Accuracy and mean loss of one flat parameter vector on ``(x, y)``: cross-entropy of
+    class scores, or a task's own scores (``murmura.tasks``)."""
     params = spec.views(flat)
     buffers = buffers or {}
+    if task is not None and type(task) is not Classification:
+        def forward(p: dict[str, torch.Tensor], xb: torch.Tensor) -> torch.Tensor:
+            return functional_call(model, (p, buffers), (xb,))
+
+        sums = {"correct": 0.0, "loss": 0.0, "count": 0.0}
+        for start in range(0, len(y), batch_size):
+            part = task.metrics(forward, params, {"x": x[start : start + batch_size],
+                                                  "y": y[start : start + batch_size]})
+            for key in sums:
+                sums[key] += float(part[key])
+        return sums["correct"] / sums["count"], sums["loss"] / sums["count"]
     correct, loss_sum = 0, 0.0
     for start in range(0, len(y), batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
@@ -41,12 +57,19 @@ def evaluate_nodes(
     y: torch.Tensor,
     buffers: dict[str, torch.Tensor] | None = None,
     chunk_size: int = 64,
+    task: Any = None,
 ) -> torch.Tensor:
     """Accuracy of every node's own model (rows of ``X``) on the same samples: ``[n]``."""
     buffers = buffers or {}
 
+    def forward(p: dict[str, torch.Tensor], xb: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, (p, buffers), (xb,))
+
     def accuracy(params: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = functional_call(model, (params, buffers), (x,))
+        if task is not None and type(task) is not Classification:
+            sums = task.metrics(forward, params, {"x": x, "y": y})
+            return (sums["correct"] / sums["count"]).to(torch.float32)
+        out = forward(params, x)
         return (out.argmax(1) == y).to(torch.float32).mean()
 
     batched = vmap(accuracy)

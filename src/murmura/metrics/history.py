@@ -12,8 +12,9 @@ from typing import Any
 COLUMNS: dict[str, str] = {
     "round": "round index, from 0",
     "communicated": "what the round's communication stage did: communicate, merge or skip",
-    "test_accuracy": "accuracy of the average model x̄ = mean_i x_i on the whole test set",
-    "test_loss": "mean cross-entropy of the average model on the test set",
+    "test_accuracy": "accuracy of the average model x̄ = mean_i x_i (a server's model at a "
+    "server) on the whole test set (per symbol for a next_token task)",
+    "test_loss": "mean loss of that model on the test set (the task's: cross-entropy)",
     "node_accuracy_mean": "mean over nodes of each node's own model's accuracy (test subset)",
     "node_accuracy_min": "worst node's accuracy on the test subset",
     "node_accuracy_max": "best node's accuracy on the test subset",

@@ -74,6 +74,44 @@ def cnn(
     return nn.Sequential(body, nn.Linear(c2 * (h // 4) * (w // 4), num_classes))
 
 
+class CausalConvLM(nn.Module):
+    """Symbols ``[B, T]`` -> next-symbol scores ``[B, T, V]``: an embedding, causal 1-D
+    convolutions (each position sees only itself and the ``kernel - 1`` before it, per layer)
+    with ReLU, and a linear head shared by all positions."""
+
+    def __init__(self, vocab: int, embed: int, channels: int, kernel: int, layers: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed)
+        widths = [embed] + [channels] * layers
+        self.convs = nn.ModuleList(nn.Conv1d(a, b, kernel) for a, b in zip(widths, widths[1:]))
+        self.head = nn.Linear(widths[-1], vocab)
+        self.kernel = kernel
+
+    def forward(self, x):
+        import torch.nn.functional as F
+
+        h = self.embed(x).transpose(1, 2)
+        for conv in self.convs:
+            h = F.relu(conv(F.pad(h, (self.kernel - 1, 0))))
+        return self.head(h.transpose(1, 2))
+
+
+@MODELS.register("char_cnn", "character-level causal CNN: embedding, causal convolutions, "
+                 "next-symbol scores at every position")
+def char_cnn(input_shape: Sequence[int], num_classes: int, embed: int = 32, channels: int = 64,
+             kernel: int = 4, layers: int = 2) -> nn.Module:
+    if len(input_shape) != 1:
+        raise ValueError(
+            f"char_cnn reads sequences of symbols [positions], got samples shaped "
+            f"{tuple(input_shape)}; use it with a next_token dataset such as python_docs"
+        )
+    for name, value in (("embed", embed), ("channels", channels), ("kernel", kernel),
+                        ("layers", layers)):
+        if int(value) != value or value < 1:
+            raise ValueError(f"char_cnn: {name} must be a positive integer, got {value!r}")
+    return CausalConvLM(num_classes, int(embed), int(channels), int(kernel), int(layers))
+
+
 def build_model(
     name: str | nn.Module, input_shape: Sequence[int], num_classes: int, **kwargs
 ) -> nn.Module:

@@ -89,6 +89,7 @@ def build_simulation(experiment: Experiment, backend: str | None = None) -> Any:
         same_init=engine.same_init,
         fused=engine.fused,
         adversary=None if experiment.adversary is None else experiment.adversary.build(),
+        task=experiment.task,
     )
 
 

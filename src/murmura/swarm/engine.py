@@ -36,6 +36,7 @@ from murmura.swarm.measure import Evaluation, Measurement, NonFiniteError
 from murmura.swarm.memory import tune_allocator
 from murmura.swarm.params import ParamSpec
 from murmura.swarm.random import uniform
+from murmura.tasks import Classification, Task, make_task
 
 if TYPE_CHECKING:  # pragma: no cover
     from murmura.data import FederatedData
@@ -80,6 +81,7 @@ class Simulation(LocalTraining, Communication, Measurement):
         same_init: bool = True,
         fused: bool = True,
         adversary: Adversary | None = None,
+        task: str | Task | None = None,
     ) -> None:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self._large_blocks = self.device.type == "cpu" and tune_allocator()
@@ -125,6 +127,8 @@ class Simulation(LocalTraining, Communication, Measurement):
         self.model = copy.deepcopy(template).to(self.device)
         self.spec = ParamSpec.from_module(self.model)
         self.buffers = {k: v.detach() for k, v in self.model.named_buffers()}
+        # the loss and the scores: the dataset's task unless one is given
+        self.task = make_task(task, dataset)
         self._activations_per_sample = self._probe_model()
 
         self.topology = self._make_topology(topology, topology_kwargs)
@@ -178,6 +182,7 @@ class Simulation(LocalTraining, Communication, Measurement):
             )
         # SGD on a linear stack: backprop written out, gradients accumulated straight
         # into the state (murmura.swarm.fused); everything else goes through vmap(grad)
+        fused = fused and type(self.task) is Classification  # its loss is written out there
         self._fused = fused_step_for(self.model, self.spec, algorithm.local_rule) if fused else None
         # the same models evaluate every node on shared samples with one GEMM for the first layer
         self._stack = linear_stack(self.model, self.spec) if fused else None
@@ -305,14 +310,7 @@ class Simulation(LocalTraining, Communication, Measurement):
         finally:
             for hook in hooks:
                 hook.remove()
-        expected = (2, dataset.num_classes)
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(
-                f"the model must map a batch of samples to class scores of shape [batch, "
-                f"{dataset.num_classes}] ({dataset.num_classes} classes in {dataset.name!r}); "
-                f"it returned {shape} for a batch of 2"
-            )
+        self.task.check_output(out, dataset, 2)
         return max(1, sum(sizes) // 2)
 
     def _memory_budget(self) -> int:

@@ -8,7 +8,6 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from murmura.swarm.random import node_keys
@@ -17,14 +16,15 @@ from murmura.swarm.random import node_keys
 class LocalTraining:
     """The local-update stage of :class:`~murmura.swarm.engine.Simulation`."""
 
+    def _forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, (params, self.buffers), (x,))
+
     def _loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor):
-        out = functional_call(self.model, (params, self.buffers), (x,))
-        return F.cross_entropy(out, y)
+        """One node's loss on one minibatch: the task's (cross-entropy by default)."""
+        return self.task.loss(self._forward, params, {"x": x, "y": y})[0]
 
     def _weighted_loss(self, params, x, y, w):
-        out = functional_call(self.model, (params, self.buffers), (x,))
-        losses = F.cross_entropy(out, y, reduction="none")
-        return (losses * w).sum() / w.sum().clamp_min(1.0)
+        return self.task.loss(self._forward, params, {"x": x, "y": y, "weight": w})[0]
 
     def _order(self, participants: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
         """The nodes to train, in block order, and whether blocks can be slices of the state.

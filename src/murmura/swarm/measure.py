@@ -91,6 +91,7 @@ class Measurement:
             dataset.test_y,
             self.buffers,
             self.evaluation.test_batch_size,
+            self.task,
         )
         result = {"test_accuracy": acc, "test_loss": loss}
         distance = 0.0 if identical else self._consensus_distance(mean)
@@ -102,7 +103,7 @@ class Measurement:
             x, y = dataset.test_x[subset], dataset.test_y[subset]
             if distance == 0.0:  # all nodes hold the same model: evaluate it once
                 node_acc = evaluate_nodes(
-                    self.model, self.spec, self.params[:1], x, y, self.buffers
+                    self.model, self.spec, self.params[:1], x, y, self.buffers, task=self.task
                 ).expand(self.local_nodes)
             else:
                 node_acc = self._node_accuracies(x, y)
@@ -128,7 +129,7 @@ class Measurement:
         mean = rows.sum(dim=0, dtype=torch.float64).div(count).to(self.params.dtype)
         acc, _ = evaluate_model(self.model, self.spec, mean if served is None else served,
                                 dataset.test_x, dataset.test_y, self.buffers,
-                                self.evaluation.test_batch_size)
+                                self.evaluation.test_batch_size, self.task)
         spread = (rows - mean).square().sum(dim=1).sum(dtype=torch.float64) / count
         result = {"honest_test_accuracy": acc, "honest_consensus_distance": float(spread)}
         if node_acc is not None:
@@ -150,7 +151,8 @@ class Measurement:
         if self._stack is None or shapes[self._stack[0].weight][0] > 64:
             # per-node products with a wide first layer already run near the GEMM rate
             chunk = self._eval_chunk_size(len(y))
-            return evaluate_nodes(self.model, self.spec, self.params, x, y, self.buffers, chunk)
+            return evaluate_nodes(self.model, self.spec, self.params, x, y, self.buffers, chunk,
+                                  self.task)
         # per node: a copy of its first layer, and each layer's outputs about three times over;
         # the shared input is not per node
         outputs = sum(shapes[layer.weight][0] for layer in self._stack)

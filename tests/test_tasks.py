@@ -1,0 +1,105 @@
+"""Tasks: the per-node loss as a rule, and the next_token task on Python's own manual."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from murmura.config import ConfigError, Experiment
+from murmura.data import Dataset, federate, load_dataset
+from murmura.data.text import VOCAB, decode, encode
+from murmura.swarm import Evaluation, Simulation
+from murmura.tasks import TASKS, Classification, NextToken, make_task
+
+
+def test_next_token_loss_and_metrics_by_hand():
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 3.0, 0.0]]])  # batch 1, 2 positions, 3 symbols
+    batch = {"x": torch.zeros(1, 2, dtype=torch.long), "y": torch.tensor([[0, 2]])}
+    task = NextToken()
+    loss, aux = task.loss(lambda p, x: logits, {}, batch)
+    first = -math.log(math.exp(2) / (math.exp(2) + 2))
+    second = -math.log(1 / (math.exp(3) + 2))
+    assert aux == {}
+    assert math.isclose(float(loss), (first + second) / 2, rel_tol=1e-6)
+    sums = task.metrics(lambda p, x: logits, {}, batch)
+    assert float(sums["correct"]) == 1.0 and float(sums["count"]) == 2.0
+    assert math.isclose(float(sums["loss"]), first + second, rel_tol=1e-6)
+
+
+def test_weighted_next_token_loss_ignores_padding():
+    logits = torch.randn(3, 4, 5)
+    y = torch.randint(0, 5, (3, 4))
+    task = NextToken()
+    full, _ = task.loss(lambda p, x: logits[:2], {}, {"x": None, "y": y[:2]})
+    padded, _ = task.loss(lambda p, x: logits, {}, {"x": None, "y": y,
+                                                     "weight": torch.tensor([1.0, 1.0, 0.0])})
+    assert torch.allclose(full, padded)
+
+
+def test_classification_task_is_plain_cross_entropy():
+    out = torch.randn(6, 4)
+    y = torch.randint(0, 4, (6,))
+    loss, _ = Classification().loss(lambda p, x: out, {}, {"x": None, "y": y})
+    assert torch.allclose(loss, F.cross_entropy(out, y))
+
+
+def test_python_docs_windows_are_shifted_by_one_and_split_by_topic():
+    ds = load_dataset("python_docs", num_nodes=5, context=12)
+    assert ds.task == "next_token" and ds.num_classes == VOCAB
+    assert torch.equal(ds.train_x[:, 1:], ds.train_y[:, :-1])
+    assert sum(len(p) for p in ds.natural_partition) == len(ds.train_x)
+    assert all(len(p) > 0 for p in ds.natural_partition)
+    assert decode(encode("for x in range(3):\n\tpass")) == "for x in range(3):\n pass"
+    with pytest.raises(ValueError, match="topics"):
+        load_dataset("python_docs", num_nodes=500)
+
+
+def test_sequence_targets_are_validated():
+    x = torch.zeros(4, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"\[N, positions\]"):
+        Dataset("bad", x, torch.zeros(4, dtype=torch.long), x, torch.zeros(4, dtype=torch.long),
+                num_classes=2, task="next_token")
+    with pytest.raises(ValueError, match="float tensor"):
+        Dataset("bad", x, torch.zeros(4, dtype=torch.long), x, torch.zeros(4, dtype=torch.long),
+                num_classes=2)
+
+
+@pytest.mark.parametrize("algorithm,topology", [("fedavg", None), ("dsgd", "ring")])
+def test_a_char_model_learns_by_fedavg_and_dsgd(algorithm, topology):
+    data = federate("python_docs", num_nodes=8, partition="natural", seed=0,
+                    dataset_params={"context": 16})
+    sim = Simulation(data, "char_cnn", algorithm, topology,
+                     model_kwargs={"embed": 16, "channels": 32, "layers": 1},
+                     algorithm_kwargs={"lr": 0.5, "local_steps": 8, "batch_size": 16},
+                     evaluation=Evaluation(every=1, node_samples=100))
+    assert sim._fused is None and isinstance(sim.task, NextToken)
+    history = sim.run(rounds=4)
+    losses = history.column("test_loss")
+    assert losses[0] < math.log(VOCAB)  # better than uniform after one round
+    assert losses[-1] < losses[0]
+    assert 0.1 < history.final["test_accuracy"] < 1.0
+    assert 0.0 < history.final["node_accuracy_mean"] <= 1.0
+
+
+def test_a_model_with_the_wrong_output_for_its_task_is_a_clear_error():
+    data = federate("python_docs", num_nodes=4, partition="natural", seed=0)
+    with pytest.raises(ValueError, match="next_token model must map"):
+        Simulation(data, torch.nn.Sequential(torch.nn.Embedding(VOCAB, 4), torch.nn.Flatten(),
+                                             torch.nn.Linear(4 * 32, VOCAB)), "fedavg")
+
+
+def test_the_task_is_chosen_by_name_and_checked_in_configs(tmp_path):
+    assert isinstance(make_task(None, load_dataset("digits")), Classification)
+    assert "next_token" in TASKS
+    exp = Experiment.from_dict({"data": {"dataset": "digits", "nodes": 4}, "task": "nxt_token"})
+    with pytest.raises(ConfigError, match="next_token"):
+        exp.check()
+
+
+def test_label_skew_partitions_of_sequences_use_the_last_target():
+    ds = load_dataset("python_docs", num_nodes=4, context=8)
+    data = federate(ds, 4, "dirichlet", alpha=0.5, seed=0)
+    assert int(data.sizes.sum()) == len(ds.train_x)
+    assert np.array_equal(ds.partition_labels.numpy(), ds.train_y[:, -1].numpy())
