@@ -103,3 +103,31 @@ def test_label_skew_partitions_of_sequences_use_the_last_target():
     data = federate(ds, 4, "dirichlet", alpha=0.5, seed=0)
     assert int(data.sizes.sum()) == len(ds.train_x)
     assert np.array_equal(ds.partition_labels.numpy(), ds.train_y[:, -1].numpy())
+
+
+def test_a_task_that_draws_noise_gets_keys_independent_of_blocking():
+    from dataclasses import dataclass
+
+    from murmura.swarm.random import key_normal
+
+    @dataclass(frozen=True)
+    class NoisyInputs(Classification):
+        """Cross-entropy on inputs perturbed by N(0, 0.1²) noise drawn from the node's key."""
+
+        name: str = "noisy_inputs"
+        needs_key: bool = True
+
+        def loss(self, forward, params, batch):
+            noisy = batch["x"] + 0.1 * key_normal(batch["key"], batch["x"].shape)
+            return super().loss(forward, params, {**batch, "x": noisy})
+
+    def run(chunk_size, task):
+        data = federate("digits", num_nodes=6, partition="iid", seed=0)
+        sim = Simulation(data, "logreg", "dsgd", "ring", task=task, chunk_size=chunk_size,
+                         algorithm_kwargs={"local_steps": 3}, evaluation=Evaluation(every=0))
+        sim.run(rounds=2)
+        return sim.params
+
+    noisy = run(6, NoisyInputs())
+    assert torch.allclose(noisy, run(2, NoisyInputs()), atol=1e-6)
+    assert not torch.allclose(noisy, run(6, Classification()), atol=1e-4)  # the noise is used

@@ -187,8 +187,11 @@ class Simulation(LocalTraining, Communication, Measurement):
         # the same models evaluate every node on shared samples with one GEMM for the first layer
         self._stack = linear_stack(self.model, self.spec) if fused else None
         self.chunk_size = int(chunk_size) if chunk_size is not None else self._auto_chunk_size()
-        self._grad_fn = vmap(algorithm.local_rule.gradient(self._loss))
-        self._weighted_grad_fn = vmap(algorithm.local_rule.gradient(self._weighted_loss))
+        keyed_task = getattr(self.task, "needs_key", False)
+        self._grad_fn = vmap(algorithm.local_rule.gradient(
+            self._keyed_loss if keyed_task else self._loss))
+        self._weighted_grad_fn = vmap(algorithm.local_rule.gradient(
+            self._weighted_keyed_loss if keyed_task else self._weighted_loss))
         self._node_eval_subset = self._pick_node_eval_subset()
         self.round = 0
         self.total_rounds: int | None = None

@@ -26,6 +26,14 @@ class LocalTraining:
     def _weighted_loss(self, params, x, y, w):
         return self.task.loss(self._forward, params, {"x": x, "y": y, "weight": w})[0]
 
+    # a task with needs_key draws from the node's key for the step (batch["key"])
+    def _keyed_loss(self, params, x, y, key):
+        return self.task.loss(self._forward, params, {"x": x, "y": y, "key": key})[0]
+
+    def _weighted_keyed_loss(self, params, x, y, w, key):
+        return self.task.loss(self._forward, params, {"x": x, "y": y, "weight": w,
+                                                      "key": key})[0]
+
     def _order(self, participants: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
         """The nodes to train, in block order, and whether blocks can be slices of the state.
 
@@ -163,9 +171,11 @@ class LocalTraining:
             index = index_all[:m, step, : width[step]]
             xb = self._gather(train_x, index).view(*index.shape, *feature)
             yb = train_y[index]
-            keyed = ()
+            keyed = ()  # the task's key comes first, the rule's last (see docs/rules.md)
+            if getattr(self.task, "needs_key", False):
+                keyed += (node_keys(self.seed, "task", nodes[:m], round_index, step),)
             if getattr(rule, "needs_key", False):
-                keyed = (node_keys(self.seed, "local", nodes[:m], round_index, step),)
+                keyed += (node_keys(self.seed, "local", nodes[:m], round_index, step),)
             if not masked[step]:
                 grads = self._grad_fn(param_views, xb, yb, *keyed)
                 active = None

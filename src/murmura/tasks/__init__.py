@@ -6,7 +6,8 @@ padding, ``"weight"``), where ``forward(params, x)`` runs the swarm's model with
 parameters. The engine ``vmap``s it, so local rules never see what the task is: they get
 ``grad`` of it. ``metrics(forward, params, batch)`` gives sums (``correct``, ``loss``,
 ``count``) from which evaluation derives accuracy and mean loss, for the average model and for
-every node's own.
+every node's own. A task with ``needs_key = True`` finds the node's key for the step in
+``batch["key"]`` (from (seed, node, round, step), as every draw) for losses that draw noise.
 
 Classification with cross-entropy is the default (and the only task the fused linear-SGD step
 covers); ``next_token`` trains character- or token-level sequence models whose targets are the
