@@ -424,3 +424,39 @@ def test_a_robust_aggregator_on_a_graph_is_refused_when_sharded(sharded):
 def test_the_sharded_refusal_names_the_aggregator(sharded):
     _, results = sharded
     assert "median" in results["robust"].lower()
+
+
+def test_exchange_routes_count_messages_that_carry_no_weight():
+    """A node that discards what it receives still received it: ``routes`` is counted."""
+    from murmura.algorithms import Exchange, FullParticipation, LocalWork
+    from murmura.topology import MixingMatrix
+
+    @dataclass(frozen=True)
+    class KeepOwnButListen:
+        needs_topology: bool = True
+
+        def plan(self, ctx, participants, topology, sizes):
+            n = ctx.num_nodes
+            keep = MixingMatrix.from_dense(torch.eye(n))  # W = I: every weight off-diagonal is 0
+            return Exchange(keep, routes=topology.mixing_at(ctx.round))
+
+    algorithm = Algorithm(name="listen", local_rule=SGD(0.1),
+                          local_work=LocalWork(batch_size=8, steps=1),
+                          communication=KeepOwnButListen(), schedule=Every(1),
+                          participation=FullParticipation())
+    data = federate("digits", num_nodes=6, partition="iid", seed=0)
+    sim = Simulation(data, "logreg", algorithm, "ring", evaluation=Evaluation(every=0))
+    sim.run(rounds=2)
+    assert sim.bytes_sent.tolist() == [2 * 2 * 4 * sim.spec.dim] * 6  # 2 rounds, 2 neighbours
+
+
+def test_a_placement_rule_chooses_the_malicious_nodes():
+    from murmura.robust import Adversary
+
+    def hubs(count, num_nodes, seed, topology):
+        return list(range(num_nodes - count, num_nodes))
+
+    assert Adversary("sign_flip", count=2, placement=hubs).place(6, seed=0).tolist() == [
+        False, False, False, False, True, True]
+    with pytest.raises(ValueError, match="distinct node ids"):
+        Adversary("sign_flip", count=2, placement=lambda c, n, s, t: [0, 0]).place(6, seed=0)
