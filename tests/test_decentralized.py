@@ -397,3 +397,10 @@ def test_a_robust_run_writes_honest_metric_columns(tmp_path):
                 "honest_node_accuracy_mean", "honest_node_accuracy_min"):
         assert key in rows[0], key
         assert all(math.isfinite(float(row[key])) for row in rows), key
+
+
+def test_sparse_messages_never_cost_more_than_dense_ones():
+    from murmura.algorithms.compressors import RandomK, TopK
+
+    assert TopK(ratio=0.9).nbytes(100) == 400 and TopK(ratio=0.1).nbytes(100) == 80
+    assert RandomK(ratio=1.0).nbytes(100) == 400 and RandomK(ratio=0.1).nbytes(100) == 48

@@ -418,3 +418,10 @@ def test_robust_rule_with_an_adversary_at_a_server_reports_honest_metrics():
                 "honest_node_accuracy_mean", "honest_node_accuracy_min"):
         assert math.isfinite(final[key]), key
     assert final["honest_consensus_distance"] == 0.0  # every node holds the server's model
+
+
+def test_an_adversary_listing_a_node_twice_is_refused():
+    from murmura.robust import Adversary
+
+    with pytest.raises(ValueError, match="twice"):
+        Adversary("sign_flip", nodes=(1, 1))

@@ -460,3 +460,35 @@ def test_a_placement_rule_chooses_the_malicious_nodes():
         False, False, False, False, True, True]
     with pytest.raises(ValueError, match="distinct node ids"):
         Adversary("sign_flip", count=2, placement=lambda c, n, s, t: [0, 0]).place(6, seed=0)
+
+
+def test_a_final_merge_of_a_robust_algorithm_screens_the_attackers():
+    from murmura.robust import Adversary
+
+    data = federate("digits", num_nodes=8, partition="iid", seed=0)
+
+    def final(final_merge):
+        sim = Simulation(data, "logreg", "dsgd", "random_regular", topology_kwargs={"k": 4},
+                         algorithm_kwargs={"aggregator": "median", "local_steps": 2,
+                                           "final_merge": final_merge},
+                         adversary=Adversary({"name": "gaussian", "std": 10.0}, count=1),
+                         evaluation=Evaluation(every=3))
+        return sim.run(rounds=3).final
+
+    merged, gossiped = final(True), final(False)
+    assert merged["consensus_distance"] == 0.0
+    # a plain average would take in the attacker's N(0, 10²) vector: a loss of about 30
+    assert merged["test_loss"] < 2 * gossiped["test_loss"] < 10
+
+
+def test_server_algorithms_refuse_different_initial_models():
+    data = federate("digits", num_nodes=4, partition="iid", seed=0)
+    for name in ("fedavg", "fedadam", "scaffold"):
+        with pytest.raises(ValueError, match="same_init"):
+            Simulation(data, "logreg", name, same_init=False)
+    exp = Experiment.from_dict({"data": {"dataset": "digits", "nodes": 4},
+                                "engine": {"same_init": False}})
+    from murmura.config import ConfigError
+    with pytest.raises(ConfigError, match="same_init"):
+        exp.check()
+    Simulation(data, "logreg", "dsgd", "ring", same_init=False)  # gossip may start apart

@@ -114,7 +114,6 @@ def test_a_task_that_draws_noise_gets_keys_independent_of_blocking():
     class NoisyInputs(Classification):
         """Cross-entropy on inputs perturbed by N(0, 0.1²) noise drawn from the node's key."""
 
-        name: str = "noisy_inputs"
         needs_key: bool = True
 
         def loss(self, forward, params, batch):
@@ -131,3 +130,11 @@ def test_a_task_that_draws_noise_gets_keys_independent_of_blocking():
     noisy = run(6, NoisyInputs())
     assert torch.allclose(noisy, run(2, NoisyInputs()), atol=1e-6)
     assert not torch.allclose(noisy, run(6, Classification()), atol=1e-4)  # the noise is used
+
+
+def test_char_cnn_on_float_features_says_what_it_needs():
+    data = federate("digits", num_nodes=4, partition="iid", seed=0)
+    with pytest.raises(ValueError, match="integer symbols"):
+        Simulation(data, "char_cnn", "fedavg")
+    with pytest.raises(ValueError, match="one label per sample"):
+        Simulation(data, "mlp", "fedavg", task="next_token")

@@ -53,7 +53,8 @@ class TopK:
         return torch.zeros_like(v).scatter(0, index, v.gather(0, index))
 
     def nbytes(self, dim: int) -> int:
-        return 8 * self.kept(dim)
+        # past half the entries, the dense vector (zeros included) is the cheaper message
+        return min(8 * self.kept(dim), 4 * dim)
 
 
 @COMPRESSORS.register("random_k", "ratio x d entries drawn from a key: fp32 values and the seed")
@@ -72,7 +73,8 @@ class RandomK:
         return torch.zeros_like(v).scatter(0, index, v.gather(0, index))
 
     def nbytes(self, dim: int) -> int:
-        return 4 * self.kept(dim) + 8  # the receiver regenerates the indices from the seed
+        # values and the seed the receiver regenerates the indices from; dense when cheaper
+        return min(4 * self.kept(dim) + 8, 4 * dim)
 
 
 @COMPRESSORS.register("qsgd", "QSGD with s levels, stochastic rounding, rescaled by 1/tau (CHOCO)")

@@ -175,6 +175,7 @@ class ServerOptimize:
     encoder: Any = field(default_factory=SendModel)
     aggregator: Any = None
     needs_topology: bool = False
+    uses_server: bool = True
 
     def plan(self, ctx: RoundContext, participants, topology, sizes) -> ServerStep:
         weights = global_average_weights(sizes, participants, self.weighting)

@@ -110,6 +110,7 @@ class ServerAverage:
 
     weighting: str = "samples"
     needs_topology: bool = False
+    uses_server: bool = True
 
     def __post_init__(self) -> None:
         if self.weighting not in ("samples", "uniform"):

@@ -580,6 +580,13 @@ class Experiment(Section):
 
             if self.task not in TASKS:
                 problems.append(f"task: {TASKS._unknown_message(self.task)}")
+        if algorithm is not None:
+            from murmura.swarm.engine import check_same_init
+
+            try:
+                check_same_init(algorithm, self.engine.same_init)
+            except ValueError as error:
+                problems.append(f"engine.same_init: {error}")
         if self.adversary is not None:
             try:
                 self.adversary.build().how_many(self.data.nodes)

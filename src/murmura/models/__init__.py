@@ -90,6 +90,11 @@ class CausalConvLM(nn.Module):
     def forward(self, x):
         import torch.nn.functional as F
 
+        if x.is_floating_point():
+            raise TypeError(
+                "char_cnn reads integer symbols (a next_token dataset such as python_docs), not "
+                "float features"
+            )
         h = self.embed(x).transpose(1, 2)
         for conv in self.convs:
             h = F.relu(conv(F.pad(h, (self.kernel - 1, 0))))

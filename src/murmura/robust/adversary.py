@@ -42,6 +42,8 @@ class Adversary:
                 f"adversary: fraction must lie in (0, 1) (some node must stay honest), got "
                 f"{self.fraction!r}"
             )
+        if self.nodes is not None and len(set(self.nodes)) != len(self.nodes):
+            raise ValueError(f"adversary: nodes lists a node twice: {list(self.nodes)}")
         if self.count is not None and (int(self.count) != self.count or self.count < 1):
             raise ValueError(f"adversary: count must be a positive integer, got {self.count!r}")
         if not callable(self.placement) and self.placement not in PLACEMENTS:

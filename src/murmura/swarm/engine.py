@@ -24,7 +24,7 @@ from torch import nn
 from torch.func import vmap
 
 from murmura.algorithms.base import Algorithm, RoundContext, make_algorithm
-from murmura.algorithms.plans import Average
+from murmura.algorithms.plans import Average, ServerStep
 from murmura.algorithms.rules import global_average_weights
 from murmura.metrics.history import History
 from murmura.models import build_model, check_functional
@@ -48,6 +48,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 
+
+
+def check_same_init(algorithm: Algorithm, same_init: bool) -> None:
+    """A server sends every client the same model, so its clients cannot start apart."""
+    if not same_init and getattr(algorithm.communication, "uses_server", False):
+        raise ValueError(
+            f"algorithm {algorithm.name!r} has a server, which starts every client from its own "
+            "model: a different initial model per node (engine.same_init = false) would never "
+            "have been sent; leave same_init true"
+        )
 
 
 class Simulation(LocalTraining, Communication, Measurement):
@@ -136,6 +146,7 @@ class Simulation(LocalTraining, Communication, Measurement):
         # The nodes whose rows this process holds: all of them here; a contiguous block of
         # them in a sharded simulation (murmura.dist).
         self.first_node, self.last_node = self._node_range()
+        check_same_init(algorithm, same_init)
         self.params = self._initial_params(same_init)
         n, d = self.params.shape
         self.local_state = {
@@ -368,7 +379,9 @@ class Simulation(LocalTraining, Communication, Measurement):
             plan = algo.communication.plan(ctx, participants, self.topology, self.data.sizes)
         elif action == "merge":
             weights = global_average_weights(self.data.sizes, None, algo.merge_weighting)
-            plan = Average(weights)
+            # a robust algorithm merges robustly: the attackers' models are screened there too
+            robust = getattr(algo.communication, "aggregator", None)
+            plan = Average(weights) if robust is None else ServerStep(weights, aggregator=robust)
         else:
             plan = None
         self.communicate(plan)
@@ -509,6 +522,9 @@ class Simulation(LocalTraining, Communication, Measurement):
             "rounds_done": self.round,
             "chunk_size": self.chunk_size,
             "device": str(self.device),
+            "task": self.task.name,
+            "malicious_nodes": (None if self.malicious is None
+                                else torch.nonzero(self.malicious).flatten().tolist()),
         }
 
     @property

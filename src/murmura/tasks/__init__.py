@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +63,7 @@ def _weighted_mean(losses: Tensor, weight: Tensor | None) -> Tensor:
 class Classification:
     """``out [B, C]`` scored against ``y [B]`` by cross-entropy; accuracy is argmax = y."""
 
-    name: str = "classification"
+    name: ClassVar[str] = "classification"
 
     def loss(self, forward, params, batch):
         losses = F.cross_entropy(forward(params, batch["x"]), batch["y"], reduction="none")
@@ -92,7 +92,7 @@ class NextToken:
     """``out [B, T, V]`` scored against ``y [B, T]`` (the next symbol at each position):
     cross-entropy averaged over positions, then over samples; accuracy is per symbol."""
 
-    name: str = "next_token"
+    name: ClassVar[str] = "next_token"
 
     def loss(self, forward, params, batch):
         out = forward(params, batch["x"])
@@ -108,7 +108,12 @@ class NextToken:
                 "count": torch.tensor(float(y.numel()), dtype=torch.float64)}
 
     def check_output(self, out, dataset, batch):
-        positions = dataset.train_y.shape[1] if dataset.train_y.ndim == 2 else None
+        if dataset.train_y.ndim != 2:
+            raise ValueError(
+                f"the next_token task needs targets at every position, [samples, positions] "
+                f"(a dataset such as python_docs); {dataset.name!r} has one label per sample"
+            )
+        positions = dataset.train_y.shape[1]
         expected = (batch, positions, dataset.num_classes)
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
