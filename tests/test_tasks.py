@@ -138,3 +138,35 @@ def test_char_cnn_on_float_features_says_what_it_needs():
         Simulation(data, "char_cnn", "fedavg")
     with pytest.raises(ValueError, match="one label per sample"):
         Simulation(data, "mlp", "fedavg", task="next_token")
+
+
+def test_a_task_reads_the_node_state_it_declares():
+    """A proximal loss written as a task: ``CE + mu/2 ||x - x_start||²`` with ``x_start`` the
+    model the round started from, equal to FedProx's local rule."""
+    from dataclasses import dataclass, field
+
+    from murmura.algorithms import NodeState
+
+    @dataclass(frozen=True)
+    class ProximalLoss(Classification):
+        mu: float = 0.5
+        state_names: tuple = ("anchor",)
+        node_state: dict = field(default_factory=lambda: {"anchor": NodeState("params", "round")})
+
+        def loss(self, forward, params, batch):
+            plain, aux = super().loss(forward, params, batch)
+            start = batch["state"]["anchor"]
+            pull = sum(((params[k] - start[k]) ** 2).sum() for k in params)
+            return plain + 0.5 * self.mu * pull, aux
+
+    data = federate("digits", num_nodes=4, partition="iid", seed=0)
+    kwargs = dict(algorithm_kwargs={"local_steps": 3, "lr": 0.1}, evaluation=Evaluation(every=0))
+    as_task = Simulation(data, "logreg", "fedavg", task=ProximalLoss(), **kwargs)
+    as_rule = Simulation(data, "logreg", "fedprox", **{**kwargs, "algorithm_kwargs": {
+        "local_steps": 3, "lr": 0.1, "mu": 0.5}})
+    as_task.run(rounds=2)
+    as_rule.run(rounds=2)
+    assert torch.allclose(as_task.params, as_rule.params, atol=1e-6)
+    plain = Simulation(data, "logreg", "fedavg", **kwargs)
+    plain.run(rounds=2)
+    assert not torch.allclose(as_task.params, plain.params, atol=1e-4)

@@ -24,7 +24,7 @@ from torch import nn
 from torch.func import vmap
 
 from murmura.algorithms.base import Algorithm, RoundContext, make_algorithm
-from murmura.algorithms.plans import Average, ServerStep
+from murmura.algorithms.plans import Average, ServerStep, declared_state
 from murmura.algorithms.rules import global_average_weights
 from murmura.metrics.history import History
 from murmura.models import build_model, check_functional
@@ -152,11 +152,13 @@ class Simulation(LocalTraining, Communication, Measurement):
         self.local_state = {
             name: torch.zeros(n, d, device=self.device) for name in algorithm.local_rule.state_names
         }
-        # per-node state the rules declare (laid out like params), and the server's state
+        # per-node state the rules (and the task) declare, laid out like params; the server's
+        self.node_state_specs = declared_state(algorithm.local_rule, algorithm.communication,
+                                               algorithm.after_local, self.task)
         self.node_state = {
             name: (self.params.clone() if spec.init == "params"
                    else torch.zeros(n, d, device=self.device))
-            for name, spec in algorithm.node_state.items()
+            for name, spec in self.node_state_specs.items()
         }
         self.server_state: dict[str, torch.Tensor] = (
             algorithm.server.init(self._initial_row()) if algorithm.server is not None else {}
@@ -198,11 +200,18 @@ class Simulation(LocalTraining, Communication, Measurement):
         # the same models evaluate every node on shared samples with one GEMM for the first layer
         self._stack = linear_stack(self.model, self.spec) if fused else None
         self.chunk_size = int(chunk_size) if chunk_size is not None else self._auto_chunk_size()
-        keyed_task = getattr(self.task, "needs_key", False)
+        self._task_extras = bool(getattr(self.task, "needs_key", False)
+                                 or getattr(self.task, "state_names", ()))
+        for name in getattr(self.task, "state_names", ()):
+            if name not in self.node_state:
+                raise ValueError(
+                    f"task {self.task.name!r} reads node state {name!r}, which no rule of "
+                    f"algorithm {algorithm.name!r} declares (declared: {sorted(self.node_state)})"
+                )
         self._grad_fn = vmap(algorithm.local_rule.gradient(
-            self._keyed_loss if keyed_task else self._loss))
+            self._loss_with_extras if self._task_extras else self._loss))
         self._weighted_grad_fn = vmap(algorithm.local_rule.gradient(
-            self._weighted_keyed_loss if keyed_task else self._weighted_loss))
+            self._weighted_loss_with_extras if self._task_extras else self._weighted_loss))
         self._node_eval_subset = self._pick_node_eval_subset()
         self.round = 0
         self.total_rounds: int | None = None

@@ -26,13 +26,14 @@ class LocalTraining:
     def _weighted_loss(self, params, x, y, w):
         return self.task.loss(self._forward, params, {"x": x, "y": y, "weight": w})[0]
 
-    # a task with needs_key draws from the node's key for the step (batch["key"])
-    def _keyed_loss(self, params, x, y, key):
-        return self.task.loss(self._forward, params, {"x": x, "y": y, "key": key})[0]
+    # a task that asks for them gets its node's key for the step and its declared node state
+    # (as named tensors, like params) in the batch: one more argument, a dict
+    def _loss_with_extras(self, params, x, y, extras):
+        return self.task.loss(self._forward, params, {"x": x, "y": y, **extras})[0]
 
-    def _weighted_keyed_loss(self, params, x, y, w, key):
+    def _weighted_loss_with_extras(self, params, x, y, w, extras):
         return self.task.loss(self._forward, params, {"x": x, "y": y, "weight": w,
-                                                      "key": key})[0]
+                                                      **extras})[0]
 
     def _order(self, participants: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
         """The nodes to train, in block order, and whether blocks can be slices of the state.
@@ -135,7 +136,7 @@ class LocalTraining:
     def _reset_round_state(self, participants: torch.Tensor | None) -> None:
         """Node state declared with ``reset="round"`` starts again, for this round's
         participants only: zeros, or a copy of the node's model."""
-        for name, spec in self.algorithm.node_state.items():
+        for name, spec in self.node_state_specs.items():
             if spec.reset != "round":
                 continue
             target = self.node_state[name]
@@ -171,9 +172,14 @@ class LocalTraining:
             index = index_all[:m, step, : width[step]]
             xb = self._gather(train_x, index).view(*index.shape, *feature)
             yb = train_y[index]
-            keyed = ()  # the task's key comes first, the rule's last (see docs/rules.md)
-            if getattr(self.task, "needs_key", False):
-                keyed += (node_keys(self.seed, "task", nodes[:m], round_index, step),)
+            keyed = ()  # the task's extras come first, the rule's key last (docs/rules.md)
+            if self._task_extras:
+                extras: dict[str, Any] = {}
+                if getattr(self.task, "state_names", ()):
+                    extras["state"] = {k: state_views[k] for k in self.task.state_names}
+                if getattr(self.task, "needs_key", False):
+                    extras["key"] = node_keys(self.seed, "task", nodes[:m], round_index, step)
+                keyed += (extras,)
             if getattr(rule, "needs_key", False):
                 keyed += (node_keys(self.seed, "local", nodes[:m], round_index, step),)
             if not masked[step]:

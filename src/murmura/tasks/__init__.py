@@ -7,7 +7,10 @@ parameters. The engine ``vmap``s it, so local rules never see what the task is: 
 ``grad`` of it. ``metrics(forward, params, batch)`` gives sums (``correct``, ``loss``,
 ``count``) from which evaluation derives accuracy and mean loss, for the average model and for
 every node's own. A task with ``needs_key = True`` finds the node's key for the step in
-``batch["key"]`` (from (seed, node, round, step), as every draw) for losses that draw noise.
+``batch["key"]`` (from (seed, node, round, step), as every draw) for losses that draw noise; one
+with ``state_names`` finds those node states in ``batch["state"]`` as named tensors laid out
+like ``params`` (a teacher's model to distil from, the model the round started from), declared
+by its ``node_state`` like any rule's.
 
 Classification with cross-entropy is the default (and the only task the fused linear-SGD step
 covers); ``next_token`` trains character- or token-level sequence models whose targets are the
