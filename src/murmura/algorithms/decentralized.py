@@ -85,6 +85,9 @@ class TrackedSGD(SGD):
         grad.add_(state["correction"])
         super().update(param, grad, state, active)
 
+    def fused_terms(self) -> tuple[float, tuple[tuple[str, float], ...]]:
+        return 0.0, (("correction", 1.0),)
+
 
 @dataclass(frozen=True)
 class TrackDrift:

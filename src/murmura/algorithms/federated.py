@@ -43,6 +43,9 @@ class ProxSGD(SGD):
         grad.add_(param - state["anchor"], alpha=self.mu)
         super().update(param, grad, state, active)
 
+    def fused_terms(self) -> tuple[float, tuple[tuple[str, float], ...]]:
+        return self.mu, (("anchor", -self.mu),)  # mu x - mu x_start: the fused step's form
+
 
 @dataclass(frozen=True)
 class ScaffoldSGD(SGD):
@@ -55,6 +58,9 @@ class ScaffoldSGD(SGD):
     def update(self, param, grad, state, active) -> None:
         grad.add_(state["server_control"]).sub_(state["control"])
         super().update(param, grad, state, active)
+
+    def fused_terms(self) -> tuple[float, tuple[tuple[str, float], ...]]:
+        return 0.0, (("server_control", 1.0), ("control", -1.0))
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,7 @@ class FusedLinearSGD:
         weight: Tensor | None,
         momentum: dict[str, Tensor] | None = None,
         shared: bool = False,
+        correction: dict[str, Tensor] | None = None,
     ) -> None:
         """``views``: the block's named parameter views ``[m, ...]`` (updated in place); ``x``
         ``[m, B, *features]``; ``y`` ``[m, B]``; ``weight`` ``None`` (every sample counts, the
@@ -90,7 +91,10 @@ class FusedLinearSGD:
         views, laid out like ``views`` (needed when the rule has momentum); ``shared``: every
         node's parameters are equal (as just after a server average), so the forward pass and
         the input gradients run as single GEMMs over all the block's samples, which a BLAS runs
-        faster than ``m`` per-node products (the weight gradients stay per node)."""
+        faster than ``m`` per-node products (the weight gradients stay per node);
+        ``correction``: views of a per-node vector added to every gradient (SCAFFOLD's
+        ``c - c_i``, gradient tracking's ``c_i``, FedProx's ``-mu x_start``; see
+        :func:`fused_step_for`)."""
         if self.momentum and momentum is None:
             raise ValueError("this SGD has momentum: pass the momentum buffers' views")
         m, batch = y.shape
@@ -132,9 +136,12 @@ class FusedLinearSGD:
                 below = ((grad.reshape(m * batch, -1) @ w[0]).view(m, batch, -1) if shared
                          else torch.bmm(grad, w))
             buffers = momentum or {}
-            self._step(w, active, buffers.get(layer.weight), (grad.transpose(1, 2), inputs[i]))
+            extra = correction or {}
+            self._step(w, active, buffers.get(layer.weight), (grad.transpose(1, 2), inputs[i]),
+                       extra.get(layer.weight))
             if layer.bias is not None:
-                self._step(views[layer.bias], active, buffers.get(layer.bias), grad.sum(dim=1))
+                self._step(views[layer.bias], active, buffers.get(layer.bias), grad.sum(dim=1),
+                           extra.get(layer.bias))
             if below is not None:
                 activation = self.layers[i - 1].activation
                 if activation is not None:
@@ -147,15 +154,22 @@ class FusedLinearSGD:
         active: Tensor | None,
         buffer: Tensor | None,
         gradient: Tensor | tuple[Tensor, Tensor],
+        correction: Tensor | None = None,
     ) -> None:
         """One parameter's update from its loss gradient (zero for idle nodes): a tensor, or a
-        pair ``(a, b)`` whose per-node product ``a @ b`` is the gradient, accumulated by GEMM."""
+        pair ``(a, b)`` whose per-node product ``a @ b`` is the gradient, accumulated by GEMM;
+        plus ``correction`` (for the nodes that take the step) when there is one."""
 
         def add_gradient(target: Tensor, alpha: float) -> None:
             if isinstance(gradient, tuple):
                 self._accumulate(target, *gradient, alpha)
             else:
                 target.add_(gradient, alpha=alpha)
+            if correction is not None:
+                if active is None:
+                    target.add_(correction, alpha=alpha)
+                else:
+                    target.addcmul_(correction, _per_node(active, target), value=alpha)
 
         lr, wd, mu = self.lr, self.weight_decay, self.momentum
         if buffer is None:  # x <- (1 - lr wd) x - lr grad, idle nodes untouched
@@ -252,13 +266,35 @@ def fused_step_for(model: nn.Module, spec, rule) -> FusedLinearSGD | None:
     """The fused step for ``model`` trained by ``rule``, or ``None`` when either is outside what
     it covers: a :func:`linear_stack` trained by the built-in
     :class:`~murmura.algorithms.rules.SGD` without Nesterov momentum (momentum and weight decay
-    allowed)."""
-    if type(rule) is not SGD or rule.nesterov:
+    allowed), or by an SGD variant that declares its gradient as ``g`` plus terms linear in the
+    parameters and in constant node state (``fused_terms``: FedProx, SCAFFOLD, gradient
+    tracking; see :func:`fused_correction`)."""
+    plain = type(rule) is SGD
+    if not (plain or isinstance(rule, SGD) and hasattr(rule, "fused_terms")) or rule.nesterov:
         return None
     layers = linear_stack(model, spec)
     if layers is None:
         return None
-    return FusedLinearSGD(layers, rule.lr, rule.weight_decay, rule.momentum)
+    decay = rule.weight_decay + (0.0 if plain else rule.fused_terms()[0])
+    return FusedLinearSGD(layers, rule.lr, decay, rule.momentum)
+
+
+def fused_correction(rule, state: dict[str, Tensor]) -> Tensor | None:
+    """The per-node vector an SGD variant adds to every gradient of a round, from its node
+    state rows (``[m, d]``), or ``None`` for plain SGD.
+
+    A variant opts into the fused step with ``fused_terms() -> (extra_decay, ((name, coeff),
+    ...))``, meaning its gradient is ``g + (wd + extra_decay) x + sum coeff * state[name]``,
+    with those states constant during the round's local steps."""
+    if type(rule) is SGD:
+        return None
+    terms = rule.fused_terms()[1]
+    if not terms:
+        return None
+    total = torch.zeros_like(state[terms[0][0]])
+    for name, coeff in terms:
+        total.add_(state[name], alpha=coeff)
+    return total
 
 
 @torch.no_grad()

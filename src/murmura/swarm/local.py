@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch.func import functional_call, vmap
 
+from murmura.swarm.fused import fused_correction
 from murmura.swarm.random import node_keys
 
 
@@ -113,8 +114,9 @@ class LocalTraining:
             shared = {k: v[where] for k, v in self.node_state.items()}
             alive, width, masked = self._step_shapes(plan, num_steps, stop - start)
             if self._fused is not None:
+                correction = fused_correction(self.algorithm.local_rule, shared)
                 self._train_block_fused(X, state, plan, num_steps, alive, width, masked,
-                                        rows_identical)
+                                        rows_identical, correction)
             else:
                 self._train_block_generic(X, {**state, **shared}, plan, num_steps, alive, width,
                                           masked, nodes, round_index)
@@ -211,12 +213,14 @@ class LocalTraining:
     def _train_block_fused(
         self, X: torch.Tensor, state: dict, plan: Any, num_steps: int, alive: list,
         width: list, masked: list, rows_identical: bool = False,
+        correction: torch.Tensor | None = None,
     ) -> None:
-        """A block's local steps by the fused linear-SGD step. On the CPU a batched GEMM can
-        accumulate in place only into contiguous weights: with 2 steps or more the block works
-        on a contiguous copy of its parameters (and momentum), copied in and out once per round;
-        with fewer, the copies would cost more than they save and the step updates the state's
-        rows through a scratch block (see FusedLinearSGD._accumulate)."""
+        """A block's local steps by the fused linear-SGD step (``correction``: the rows of a
+        per-node vector the rule adds to every gradient, see ``fused_correction``). On the CPU
+        a batched GEMM can accumulate in place only into contiguous weights: with 2 steps or
+        more the block works on a contiguous copy of its parameters (and momentum), copied in
+        and out once per round; with fewer, the copies would cost more than they save and the
+        step updates the state's rows through a scratch block (see FusedLinearSGD._accumulate)."""
         dataset = self.data.dataset
         block = X.shape[0]
         rows = {"params": self.spec.views(X)}
@@ -251,8 +255,10 @@ class LocalTraining:
             views = work if m == block else {
                 kind: {name: buf[:m] for name, buf in bufs.items()} for kind, bufs in work.items()
             }
+            extra = None if correction is None else self.spec.views(correction[:m])
             self._fused(views["params"], xb.view(*index.shape, -1), dataset.train_y[index],
-                        weight, views.get("momentum"), shared=rows_identical and step == 0)
+                        weight, views.get("momentum"), shared=rows_identical and step == 0,
+                        correction=extra)
         if copied:
             for kind, bufs in work.items():
                 for name, buf in bufs.items():
