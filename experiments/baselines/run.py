@@ -345,6 +345,15 @@ def _band(ax, curves: list[list[dict]], xkey: str, ykey: str, color: str, name: 
         ax.fill_between(x, ys.min(axis=0), ys.max(axis=0), color=color, alpha=0.15, lw=0)
 
 
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot(out: Path, curves: dict, figure_dir: Path, title_note: str = "") -> list[Path]:
     import matplotlib
 
@@ -373,10 +382,7 @@ def plot(out: Path, curves: dict, figure_dir: Path, title_note: str = "") -> lis
     axes[0].legend(loc="lower right", fontsize=9, ncol=2)
     fig.suptitle("Federated: Fashion-MNIST, 100 clients (10 per round), Dirichlet 0.1, "
                  f"MLP 784-200-10; mean over seeds, band = min..max{title_note}")
-    fig.tight_layout()
-    paths.append(figure_dir / "federated.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, figure_dir / "federated.png"))
 
     # decentralized: rows = topology; columns = x̄ vs round, nodes vs round, x̄ vs MB (log)
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.2), sharey=True)
@@ -401,10 +407,7 @@ def plot(out: Path, curves: dict, figure_dir: Path, title_note: str = "") -> lis
     axes[0, 0].legend(loc="lower right", fontsize=9)
     fig.suptitle("Decentralized: Fashion-MNIST, 32 nodes, Dirichlet 0.1, MLP 784-200-10, "
                  f"5 local steps per round; mean over seeds, band = min..max{title_note}")
-    fig.tight_layout()
-    paths.append(figure_dir / "decentralized.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, figure_dir / "decentralized.png"))
     return paths
 
 

@@ -118,8 +118,9 @@ def build_component(registry: Registry, spec: Any) -> Any:
     params = {k: v for k, v in spec.items() if k != "name"}
     factory = registry.get(spec["name"])
     accepted = inspect.signature(factory).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
     unknown = sorted(set(params) - set(accepted))
-    if unknown:
+    if unknown and not takes_any:
         raise ValueError(
             f"{registry.kind} {spec['name']!r} has no parameter(s) {', '.join(unknown)}; "
             f"accepted: {', '.join(accepted) or 'none'}"

@@ -197,15 +197,6 @@ class Algorithm:
 
 def make_algorithm(name: str, **params: Any) -> Algorithm:
     """Build a registered algorithm by name; unknown parameters get a clear error."""
-    import inspect
+    from murmura.registry import build_component
 
-    factory = ALGORITHMS.get(name)
-    signature = inspect.signature(factory)
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-    unknown = sorted(set(params) - set(signature.parameters))
-    if unknown and not accepts_any:
-        raise ValueError(
-            f"algorithm {name!r} has no parameter(s) {', '.join(unknown)}; "
-            f"accepted: {', '.join(signature.parameters)}"
-        )
-    return factory(**params)
+    return build_component(ALGORITHMS, {"name": name, **params})

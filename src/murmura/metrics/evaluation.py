@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
@@ -24,28 +23,22 @@ def evaluate_model(
     batch_size: int = 4096,
     task: Any = None,
 ) -> tuple[float, float]:
-    """Accuracy and mean loss of one flat parameter vector on ``(x, y)``: cross-entropy of
-    class scores, or a task's own scores (``murmura.tasks``)."""
+    """Accuracy and mean loss of one flat parameter vector on ``(x, y)``, by the task's scores
+    (``murmura.tasks``; cross-entropy of class scores by default)."""
     params = spec.views(flat)
     buffers = buffers or {}
-    if task is not None and type(task) is not Classification:
-        def forward(p: dict[str, torch.Tensor], xb: torch.Tensor) -> torch.Tensor:
-            return functional_call(model, (p, buffers), (xb,))
+    task = task or Classification()
 
-        sums = {"correct": 0.0, "loss": 0.0, "count": 0.0}
-        for start in range(0, len(y), batch_size):
-            part = task.metrics(forward, params, {"x": x[start : start + batch_size],
-                                                  "y": y[start : start + batch_size]})
-            for key in sums:
-                sums[key] += float(part[key])
-        return sums["correct"] / sums["count"], sums["loss"] / sums["count"]
-    correct, loss_sum = 0, 0.0
+    def forward(p: dict[str, torch.Tensor], xb: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, (p, buffers), (xb,))
+
+    sums = {"correct": 0.0, "loss": 0.0, "count": 0.0}
     for start in range(0, len(y), batch_size):
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        out = functional_call(model, (params, buffers), (xb,))
-        loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
-        correct += int((out.argmax(1) == yb).sum())
-    return correct / len(y), loss_sum / len(y)
+        part = task.metrics(forward, params, {"x": x[start : start + batch_size],
+                                              "y": y[start : start + batch_size]})
+        for key in sums:
+            sums[key] += float(part[key])
+    return sums["correct"] / sums["count"], sums["loss"] / sums["count"]
 
 
 @torch.no_grad()
@@ -66,6 +59,8 @@ def evaluate_nodes(
         return functional_call(model, (p, buffers), (xb,))
 
     def accuracy(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        # classification scores accuracy alone here: a node's loss is not reported, and
+        # computing it for every node would cost as much again
         if task is not None and type(task) is not Classification:
             sums = task.metrics(forward, params, {"x": x, "y": y})
             return (sums["correct"] / sums["count"]).to(torch.float32)

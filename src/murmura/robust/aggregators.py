@@ -47,6 +47,11 @@ def _sort_rows(x: Tensor) -> Tensor:
     return torch.stack(rows)
 
 
+def masked_mean(vectors: Tensor, mask: Tensor) -> Tensor:
+    """The mean of the rows of ``vectors [k, d]`` that ``mask [k]`` marks (padding excluded)."""
+    return (vectors * mask.unsqueeze(-1)).sum(0) / mask.sum().clamp_min(1.0)
+
+
 def _sorted_valid(received: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Each coordinate sorted with padded rows pushed past the end; the valid count."""
     valid = mask.unsqueeze(-1) > 0
@@ -60,7 +65,7 @@ class Average:
     """``mean_j x_j`` over the valid rows."""
 
     def __call__(self, own: Tensor, received: Tensor, mask: Tensor) -> Tensor:
-        return (received * mask.unsqueeze(-1)).sum(0) / mask.sum().clamp_min(1.0)
+        return masked_mean(received, mask)
 
 
 @AGGREGATORS.register("median", "coordinate-wise median (even counts: mean of the two middle)")

@@ -18,15 +18,12 @@ from dataclasses import dataclass
 import torch
 
 from murmura.registry import Registry, build_component
+from murmura.robust.aggregators import masked_mean
 from murmura.swarm.random import key_normal
 
 Tensor = torch.Tensor
 
 ATTACKS: Registry = Registry("attack")
-
-
-def _masked_mean(honest: Tensor, mask: Tensor) -> Tensor:
-    return (honest * mask.unsqueeze(-1)).sum(0) / mask.sum().clamp_min(1.0)
 
 
 @ATTACKS.register("sign_flip", "send minus the mean of the honest messages it sees (ByzFL)")
@@ -35,7 +32,7 @@ class SignFlip:
     """``-mean(honest)`` (ByzFL's ``SignFlipping``)."""
 
     def __call__(self, own: Tensor, honest: Tensor, mask: Tensor, key: Tensor) -> Tensor:
-        return -_masked_mean(honest, mask)
+        return -masked_mean(honest, mask)
 
 
 @ATTACKS.register("gaussian", "send a N(mu, std^2) vector, fresh each round and node")

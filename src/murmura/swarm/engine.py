@@ -1,14 +1,18 @@
 """The vectorized round engine: runs per-node rules for every node at once.
 
-State: ``params`` ``[n, d]`` (one flat row per node), the local rule's state (same shape), a
-byte ledger ``[n]``. A round is
+State: ``params`` ``[n, d]`` (one flat row per node), the local rule's state and the node state
+the rules declare (same shape), a server's state (``[d]`` vectors), byte ledgers ``[n]``. A
+round is
 
-    participation -> local update (vmapped grad over node blocks, in place)
-                  -> communication (sparse W @ X, or a server's weighted average)
-                  -> bookkeeping (bytes from the plan's routing, metrics)
+    participation -> local update (vmapped grad over node blocks, in place; swarm/local.py)
+                  -> after-local step (vmapped)
+                  -> communication (the rule's plans: sparse W @ X, a server's weighted
+                     average, vmapped encoders / aggregators / combiners; swarm/communication.py)
+                  -> bookkeeping (bytes from each plan's routing, metrics; swarm/measure.py)
 
-No Python loop over nodes runs on the hot path: the loops below go over parameter tensors, node
-blocks (bounded memory) and local steps.
+This module holds the set-up, the round loop and checkpoints. No Python loop over nodes runs on
+the hot path: the stages' loops go over parameter tensors, node blocks (bounded memory), local
+steps and plans.
 """
 
 from __future__ import annotations
@@ -42,12 +46,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from murmura.data import FederatedData
     from murmura.robust import Adversary
     from murmura.topology import Topology
-
-
-
-
-
-
 
 
 def check_same_init(algorithm: Algorithm, same_init: bool) -> None:
@@ -353,23 +351,10 @@ class Simulation(LocalTraining, Communication, Measurement):
         per_node = 4 * (2 * self.spec.dim + batch * (feature + 3 * self._activations_per_sample))
         return max(1, min(self.num_nodes, self._memory_budget() // per_node))
 
-
-
-    # ---------------------------------------------------------------- the per-node loss
-
-
-
     # ---------------------------------------------------------------- a round
 
     def context(self, total_rounds: int) -> RoundContext:
         return RoundContext(self.round, total_rounds, self.seed, self.num_nodes, self.device)
-
-
-
-
-
-
-
 
     def step(self, total_rounds: int) -> dict[str, Any]:
         """Run one round and return its record."""
@@ -420,7 +405,6 @@ class Simulation(LocalTraining, Communication, Measurement):
         self._sent_before, self._received_before = sent_total, received_total
         self.round += 1
         return record
-
 
     def run(
         self,
@@ -507,7 +491,6 @@ class Simulation(LocalTraining, Communication, Measurement):
 
     # ---------------------------------------------------------------- measurement
 
-
     def summary(self) -> dict[str, Any]:
         """What was simulated: sizes, algorithm, topology and its spectral gap (static graphs;
         ``None`` when it cannot be computed, e.g. a time-varying topology)."""
@@ -540,20 +523,6 @@ class Simulation(LocalTraining, Communication, Measurement):
     def wall_seconds(self) -> float:
         """Wall time of every round run so far (evaluation included), across resumes."""
         return self._wall
-
-
-
-
-
-    # Reductions over every node's row. One process holds them all, so these are identities;
-    # a sharded simulation (murmura.dist) reduces across processes.
-
-
-
-
-
-
-
 
 
 __all__ = ["Evaluation", "NonFiniteError", "Simulation"]

@@ -126,6 +126,8 @@ class LocalTraining:
                 updates = vmap(self.algorithm.after_local)(X, shared, nodes, steps)
                 with torch.no_grad():
                     for k, v in updates.items():
+                        if k != "params" and k not in shared:
+                            self._target(k, "the after-local step returned an update for")
                         (X if k == "params" else shared[k]).copy_(v)
             if not contiguous:
                 self.params[where] = X

@@ -166,6 +166,9 @@ class Measurement:
         return torch.cat([node_accuracy_shared_input(self._stack, views, x, y, self._eval_scratch)
                           for views in blocks])
 
+    # Reductions over every node's row. One process holds them all, so these are identities;
+    # a sharded simulation (murmura.dist) reduces across processes.
+
     def _all_sum(self, t: torch.Tensor) -> torch.Tensor:
         return t
 

@@ -55,6 +55,19 @@ class Task(Protocol):
     def check_output(self, out: Any, dataset: Any, batch: int) -> None: ...
 
 
+def _sums(out: Tensor, y: Tensor) -> dict[str, Tensor]:
+    """Correct predictions, summed cross-entropy and the count, of scores ``[N, C]``."""
+    return {"correct": (out.argmax(-1) == y).sum().to(torch.float64),
+            "loss": F.cross_entropy(out, y, reduction="sum").to(torch.float64),
+            "count": torch.tensor(float(y.numel()), dtype=torch.float64)}
+
+
+def _check_shape(out: Any, expected: tuple, message: str) -> None:
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{message}; it returned {shape}")
+
+
 def _weighted_mean(losses: Tensor, weight: Tensor | None) -> Tensor:
     if weight is None:
         return losses.mean()
@@ -73,20 +86,13 @@ class Classification:
         return _weighted_mean(losses, batch.get("weight")), {}
 
     def metrics(self, forward, params, batch):
-        out = forward(params, batch["x"])
-        return {"correct": (out.argmax(-1) == batch["y"]).sum().to(torch.float64),
-                "loss": F.cross_entropy(out, batch["y"], reduction="sum").to(torch.float64),
-                "count": torch.tensor(float(batch["y"].numel()), dtype=torch.float64)}
+        return _sums(forward(params, batch["x"]), batch["y"])
 
     def check_output(self, out, dataset, batch):
-        expected = (batch, dataset.num_classes)
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(
-                f"the model must map a batch of samples to class scores of shape [batch, "
-                f"{dataset.num_classes}] ({dataset.num_classes} classes in {dataset.name!r}); "
-                f"it returned {shape} for a batch of {batch}"
-            )
+        _check_shape(out, (batch, dataset.num_classes),
+                     f"the model must map a batch of samples to class scores of shape [batch, "
+                     f"{dataset.num_classes}] ({dataset.num_classes} classes in "
+                     f"{dataset.name!r}) for a batch of {batch}")
 
 
 @TASKS.register("next_token", "a symbol at every position: per-position cross-entropy")
@@ -104,11 +110,7 @@ class NextToken:
 
     def metrics(self, forward, params, batch):
         out = forward(params, batch["x"])
-        y = batch["y"]
-        losses = F.cross_entropy(out.transpose(1, 2), y, reduction="sum")
-        return {"correct": (out.argmax(-1) == y).sum().to(torch.float64),
-                "loss": losses.to(torch.float64),
-                "count": torch.tensor(float(y.numel()), dtype=torch.float64)}
+        return _sums(out.reshape(-1, out.shape[-1]), batch["y"].reshape(-1))
 
     def check_output(self, out, dataset, batch):
         if dataset.train_y.ndim != 2:
@@ -117,14 +119,9 @@ class NextToken:
                 f"(a dataset such as python_docs); {dataset.name!r} has one label per sample"
             )
         positions = dataset.train_y.shape[1]
-        expected = (batch, positions, dataset.num_classes)
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(
-                f"a next_token model must map [batch, {positions}] symbols to scores of shape "
-                f"[batch, {positions}, {dataset.num_classes}]; it returned {shape} for a batch "
-                f"of {batch}"
-            )
+        _check_shape(out, (batch, positions, dataset.num_classes),
+                     f"a next_token model must map [batch, {positions}] symbols to scores of "
+                     f"shape [batch, {positions}, {dataset.num_classes}] for a batch of {batch}")
 
 
 def make_task(spec: str | Task | None, dataset: Any) -> Task:
