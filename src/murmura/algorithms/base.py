@@ -21,6 +21,7 @@ An :class:`Algorithm` is one of each, plus how much local work a round does
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -31,6 +32,9 @@ from murmura.algorithms.plans import AfterLocal, NodeState, Plan, ServerRule, de
 from murmura.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from murmura.swarm.params import ParamSpec
     from murmura.topology import Topology
 
 Tensor = torch.Tensor
@@ -193,6 +197,46 @@ class Algorithm:
     def node_state(self) -> dict[str, NodeState]:
         """Every per-node state vector the algorithm's rules declare, by name."""
         return declared_state(self.local_rule, self.communication, self.after_local)
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """What a rule that works per layer may know about the swarm's model: the parameter layout
+    of a flat row (``spec``) and the architecture (``model``, a CPU copy with the initial
+    weights, which rules must not modify). The engine hands it to every rule, or field of a
+    rule, that has ``bind(layout) -> rule`` (variance-corrected averaging rescales per weight
+    tensor; DIMAT permutes hidden units layer by layer)."""
+
+    spec: ParamSpec
+    model: nn.Module
+
+
+def bind_layout(rule: Any, layout: ModelLayout) -> Any:
+    """``rule.bind(layout)`` if the rule has it, else the rule with each of its dataclass fields
+    bound the same way (a gossip rule's aggregator); unchanged when nothing binds."""
+    if rule is None:
+        return None
+    if hasattr(rule, "bind"):
+        return rule.bind(layout)
+    if dataclasses.is_dataclass(rule) and not isinstance(rule, type):
+        changes = {}
+        for f in dataclasses.fields(rule):
+            value = getattr(rule, f.name)
+            if hasattr(value, "bind") and not isinstance(value, type):
+                changes[f.name] = value.bind(layout)
+        if changes:
+            return dataclasses.replace(rule, **changes)
+    return rule
+
+
+def bind_algorithm(algorithm: Algorithm, layout: ModelLayout) -> Algorithm:
+    """The algorithm with every rule bound to the model's layout (see :class:`ModelLayout`)."""
+    return dataclasses.replace(
+        algorithm,
+        local_rule=bind_layout(algorithm.local_rule, layout),
+        communication=bind_layout(algorithm.communication, layout),
+        after_local=bind_layout(algorithm.after_local, layout),
+    )
 
 
 def make_algorithm(name: str, **params: Any) -> Algorithm:

@@ -97,7 +97,9 @@ class Encoder(Protocol):
 @runtime_checkable
 class Combiner(Protocol):
     """What one node does with what it received: ``combine(params, state, received) -> updates``,
-    new values for ``"params"`` and/or state names (entries left out keep their value)."""
+    new values for ``"params"`` and/or state names (entries left out keep their value). A
+    combiner with ``needs_key = True`` gets the node's key for the message as a fourth argument
+    (CBO's noise), from (seed, node, round, plan) like every draw."""
 
     node_state: Mapping[str, NodeState]
 
@@ -112,7 +114,16 @@ class Aggregator(Protocol):
     padded rows are zeros and must not influence the result. ``own`` is the receiver's own vector
     (a server's current model, or a node's own message), for self-centred rules. On a graph the
     engine puts the node's own message first in ``received`` (``include_self``), so rules that
-    screen "the neighbourhood including oneself" (BRIDGE) need nothing more."""
+    screen "the neighbourhood including oneself" (BRIDGE) need nothing more.
+
+    Optional declarations, on a graph:
+
+    * ``joint = True``: the rule reads every payload name at once (CBO's consensus weighs
+      models by their scores): ``own`` and ``received`` are dicts of them and it returns a dict.
+    * ``vectorized = False``: the engine calls it once per receiver instead of ``vmap`` (a
+      solver on the CPU, such as DIMAT's assignment); with ``needs_data = m`` it also gets
+      ``batch={"x", "y"}``, up to ``m`` of the receiver's own training samples drawn for the
+      round (keyed by (seed, node, round), like every draw)."""
 
     def __call__(self, own: Tensor, received: Tensor, mask: Tensor) -> Tensor: ...
 
@@ -214,6 +225,7 @@ class Average:
 
     weights: Tensor  # float [n]; zero for nodes that do not upload
     receivers: Tensor | None = None  # bool [n]; None: the uploaders
+    hosts: Tensor | None = None  # int64 ids of the nodes that play the server; None: a server
 
 
 @dataclass(frozen=True)
@@ -242,12 +254,27 @@ class ServerStep:
     weighted mean per payload name, or ``aggregator`` over the uploads with the server's model as
     ``own``), its rule updates the server state, and the ``receivers`` (default: the uploaders)
     download the broadcast. Every node's row is set to the broadcast (a node that was not a
-    receiver would download it when next sampled); only receivers are counted."""
+    receiver would download it when next sampled); only receivers are counted.
+
+    ``hosts`` (int64 node ids, here and in :class:`Average`): the server's part is played by
+    these nodes (MoDeST's aggregators), each of which gets every upload and sends the result to
+    every receiver; the bytes are theirs (``hosts x`` what one server would move), nothing is
+    a server's, and a node sends nothing to itself."""
 
     weights: Tensor
     encoder: Encoder = field(default_factory=SendModel)
     aggregator: Aggregator | None = None
     receivers: Tensor | None = None
+    hosts: Tensor | None = None
 
 
-Plan = Mix | Average | Exchange | ServerStep | None
+@dataclass(frozen=True)
+class Control:
+    """Control traffic that moves no tensor (pings and pongs, membership adverts): ``sent`` and
+    ``received`` are float ``[n]`` bytes per node, added to the ledgers as they are."""
+
+    sent: Tensor
+    received: Tensor
+
+
+Plan = Mix | Average | Exchange | ServerStep | Control | None

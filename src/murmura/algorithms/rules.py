@@ -90,17 +90,37 @@ class Gossip:
 
     Every node gossips: participation decides who trains, not who mixes (sampled gossip with
     renormalized weights belongs to rules such as MoDeST's). With an ``aggregator`` the weighted
-    sum becomes a robust rule over the neighbourhood, the node's own model included."""
+    sum becomes a robust rule over the neighbourhood, the node's own model included. ``steps``
+    gossip steps follow each other in a communicating round (DFedSAM-MGS's Q; each one a
+    message per link, all on the round's graph); ``final_steps`` (when > 0) is how many the last
+    round takes instead, a cheap stand-in for an exact final merge. On a time-varying topology
+    those final steps use fresh graphs, of rounds ``T, T+1, ...`` (``T`` the total), which the
+    run itself never draws."""
 
     needs_topology: bool = True
     aggregator: Any = None
+    steps: int = 1
+    final_steps: int = 0
 
-    def plan(self, ctx: RoundContext, participants, topology, sizes) -> Plan:
+    def __post_init__(self) -> None:
+        for name in ("steps", "final_steps"):
+            value = getattr(self, name)
+            low = 1 if name == "steps" else 0
+            if isinstance(value, bool) or int(value) != value or value < low:
+                raise ValueError(f"gossip: {name} must be an integer >= {low}, got {value!r}")
+
+    def plan(self, ctx: RoundContext, participants, topology, sizes) -> Plan | list[Plan]:
         if topology is None:
             raise ValueError("gossip needs a topology: pass topology='ring' (or another graph)")
-        mixing = topology.mixing_at(ctx.round, device=ctx.device)
-        return Mix(mixing) if self.aggregator is None else Exchange(mixing,
-                                                                    aggregator=self.aggregator)
+        final = ctx.round == ctx.total_rounds - 1 and self.final_steps > 0
+        steps = self.final_steps if final else self.steps
+        plans = []
+        for step in range(steps):
+            at = ctx.round if step == 0 or not final else ctx.total_rounds + step - 1
+            mixing = topology.mixing_at(at, device=ctx.device)
+            plans.append(Mix(mixing) if self.aggregator is None
+                         else Exchange(mixing, aggregator=self.aggregator))
+        return plans[0] if steps == 1 else plans
 
 
 @dataclass(frozen=True)

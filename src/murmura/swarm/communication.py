@@ -18,6 +18,7 @@ from torch.func import vmap
 
 from murmura.algorithms.plans import (
     Average,
+    Control,
     Exchange,
     Mix,
     Plan,
@@ -25,7 +26,7 @@ from murmura.algorithms.plans import (
     ServerAverageRule,
     ServerStep,
 )
-from murmura.swarm.random import node_keys
+from murmura.swarm.random import node_keys, uniform
 
 Tensor = torch.Tensor
 
@@ -51,7 +52,7 @@ class Communication:
             if isinstance(plan, Mix):
                 plan = Exchange(plan.matrix)
             elif isinstance(plan, Average):
-                plan = ServerStep(plan.weights, receivers=plan.receivers)
+                plan = ServerStep(plan.weights, receivers=plan.receivers, hosts=plan.hosts)
         if isinstance(plan, Mix):
             self._mix(plan)
         elif isinstance(plan, Average):
@@ -60,10 +61,14 @@ class Communication:
             self._exchange_messages(plan)
         elif isinstance(plan, ServerStep):
             self._server_step(plan)
+        elif isinstance(plan, Control):
+            lo, hi = self.first_node, self.last_node
+            self.bytes_sent += plan.sent[lo:hi].to(self.bytes_sent)
+            self.bytes_received += plan.received[lo:hi].to(self.bytes_received)
         else:
             raise TypeError(
                 f"unknown communication plan {type(plan).__name__}: a rule's plan() returns Mix, "
-                "Average, Exchange, ServerStep, None, or a list of them"
+                "Average, Exchange, ServerStep, Control, None, or a list of them"
             )
 
     # ------------------------------------------------------------ the fast paths
@@ -83,7 +88,7 @@ class Communication:
         self._mark_identical()
         uploaders = plan.weights > 0
         receivers = uploaders if plan.receivers is None else plan.receivers
-        self._count_star(uploaders, size, receivers, size)
+        self._count_star(uploaders, size, receivers, size, plan.hosts)
 
     def _mark_identical(self) -> None:
         """Every row now holds the same model: evaluation can skip summing the state (the mark
@@ -117,11 +122,23 @@ class Communication:
         self.bytes_sent += mixing.out_degree[lo:hi].to(torch.float64) * size
         self.bytes_received += mixing.in_degree[lo:hi].to(torch.float64) * size
 
-    def _count_star(self, uploaders: Tensor, up: float, receivers: Tensor, down: float) -> None:
+    def _count_star(self, uploaders: Tensor, up: float, receivers: Tensor, down: float,
+                    hosts: Tensor | None = None) -> None:
         lo, hi = self.first_node, self.last_node
-        self.bytes_sent += uploaders[lo:hi].to(torch.float64) * up
-        self.bytes_received += receivers[lo:hi].to(torch.float64) * down
-        self.server_bytes_sent += float(receivers.sum()) * down
+        if hosts is None:
+            self.bytes_sent += uploaders[lo:hi].to(torch.float64) * up
+            self.bytes_received += receivers[lo:hi].to(torch.float64) * down
+            self.server_bytes_sent += float(receivers.sum()) * down
+            return
+        # every uploader to every host, every host to every receiver, nobody to itself
+        host = torch.zeros_like(uploaders, dtype=torch.float64)
+        host[hosts] = 1.0
+        upload, receive = uploaders.to(torch.float64), receivers.to(torch.float64)
+        h, u, r = host.sum(), upload.sum(), receive.sum()
+        sent = upload * (h - host) * up + host * (r - receive) * down
+        got = host * (u - upload) * up + receive * (h - host) * down
+        self.bytes_sent += sent[lo:hi]
+        self.bytes_received += got[lo:hi]
 
     # ------------------------------------------------------------ per-node functions, vmapped
 
@@ -201,8 +218,12 @@ class Communication:
                 self._mix_rows(mixing, message, received[name])
         else:
             received = self._aggregate_on_graph(plan.aggregator, payload, mixing)
-        self._per_node(plan.combiner.combine, None,
-                       (self.params, dict(self.node_state), received), (0, 0, 0),
+        args = [self.params, dict(self.node_state), received]
+        if getattr(plan.combiner, "needs_key", False):
+            args.append(node_keys(self.seed, "combine",
+                                  torch.arange(self.first_node, self.last_node,
+                                               device=self.device), self.round, self._plan_index))
+        self._per_node(plan.combiner.combine, None, args, (0,) * len(args),
                        lambda where, updates: self._write(updates, where))
         self._count_links(plan.routes or mixing, plan.encoder.nbytes(self.spec.dim))
 
@@ -234,23 +255,65 @@ class Communication:
 
     def _aggregate_on_graph(self, aggregator: Any, payload: dict[str, Tensor], mixing: Any
                             ) -> dict[str, Tensor]:
-        """``r_i = f(m_i, [m_i, m_j for j in N_in(i)], mask)`` for every node and payload name,
-        in blocks of receivers so memory stays ``block x (k + 1) x d``."""
+        """``r_i = f(m_i, [m_i, m_j for j in N_in(i)], mask)`` for every node and payload name
+        (all names at once for a ``joint`` rule), in blocks of receivers so memory stays
+        ``block x (k + 1) x d``; one receiver at a time for a rule that is not ``vectorized``."""
         index, mask = self._neighbourhoods(mixing)
         own_mask = torch.ones(len(index), 1, device=self.device)
         full_mask = torch.cat([own_mask, mask], dim=1)
-        result = {}
-        for name, message in payload.items():
-            everyone = self._all_rows(message, "a non-linear aggregation on a graph")
-            out = torch.empty_like(message)
-            block = self._comm_block(index.shape[1] + 3)
+        joint = getattr(aggregator, "joint", False)
+        groups = [list(payload)] if joint else [[name] for name in payload]
+        result: dict[str, Tensor] = {}
+        for names in groups:
+            everyone = {name: self._all_rows(payload[name], "a non-linear aggregation on a graph")
+                        for name in names}
+            out = {name: torch.empty_like(payload[name]) for name in names}
+            block = (1 if not getattr(aggregator, "vectorized", True)
+                     else self._comm_block(len(names) * (index.shape[1] + 3)))
             for start in range(0, len(index), block):
                 stop = min(start + block, len(index))
-                own = message[start:stop]
-                stack = torch.cat([own.unsqueeze(1), everyone[index[start:stop]]], dim=1)
-                out[start:stop] = vmap(aggregator)(own, stack, full_mask[start:stop])
-            result[name] = out
+                own = {name: payload[name][start:stop] for name in names}
+                stack = {name: torch.cat([own[name].unsqueeze(1),
+                                          everyone[name][index[start:stop]]], dim=1)
+                         for name in names}
+                if block == 1:
+                    values = self._aggregate_one(aggregator, start, own, stack,
+                                                 full_mask[start], joint)
+                elif joint:
+                    values = vmap(aggregator)(own, stack, full_mask[start:stop])
+                else:
+                    values = {names[0]: vmap(aggregator)(own[names[0]], stack[names[0]],
+                                                         full_mask[start:stop])}
+                for name in names:
+                    out[name][start:stop] = values[name]
+            result.update(out)
         return result
+
+    def _aggregate_one(self, aggregator: Any, row: int, own: dict, stack: dict, mask: Tensor,
+                       joint: bool) -> dict[str, Tensor]:
+        """A rule that is not vectorized, for one receiver (local row ``row``), with its own
+        samples when it asks for them."""
+        kwargs: dict[str, Any] = {}
+        wanted = int(getattr(aggregator, "needs_data", 0) or 0)
+        if wanted:
+            kwargs["batch"] = self._own_samples(row + self.first_node, wanted)
+        if joint:
+            values = aggregator({k: v[0] for k, v in own.items()},
+                                {k: v[0] for k, v in stack.items()}, mask, **kwargs)
+            return {k: v.unsqueeze(0) for k, v in values.items()}
+        name = next(iter(own))
+        return {name: aggregator(own[name][0], stack[name][0], mask, **kwargs).unsqueeze(0)}
+
+    def _own_samples(self, node: int, count: int) -> dict[str, Tensor]:
+        """Up to ``count`` of ``node``'s training samples, a random subset keyed by (seed, node,
+        round) without replacement."""
+        size = int(self.data.sizes[node])
+        table = self.data.index_table[node, :size]
+        keys = uniform(self.seed, "own-samples", torch.arange(size, device=self.device),
+                       node, self.round)
+        chosen = table[torch.argsort(keys)[: min(count, size)]]
+        dataset = self.data.dataset
+        return {"x": dataset.train_x[chosen], "y": dataset.train_y[chosen]}
 
     def _attack_on_graph(self, payload: dict[str, Tensor], mixing: Any) -> dict[str, Tensor]:
         """Malicious nodes' messages replaced by the attack, which sees its honest
@@ -306,7 +369,8 @@ class Communication:
         if "params" in broadcast:
             self._mark_identical()
         down = sum(4 * v.numel() for v in broadcast.values())
-        self._count_star(uploaders, plan.encoder.nbytes(self.spec.dim), receivers, down)
+        self._count_star(uploaders, plan.encoder.nbytes(self.spec.dim), receivers, down,
+                         plan.hosts)
 
     def _sum_over_processes(self, part: Tensor) -> Tensor:
         return part

@@ -27,7 +27,13 @@ import torch
 from torch import nn
 from torch.func import vmap
 
-from murmura.algorithms.base import Algorithm, RoundContext, make_algorithm
+from murmura.algorithms.base import (
+    Algorithm,
+    ModelLayout,
+    RoundContext,
+    bind_algorithm,
+    make_algorithm,
+)
 from murmura.algorithms.plans import Average, ServerStep, declared_state
 from murmura.algorithms.rules import global_average_weights
 from murmura.metrics.history import History
@@ -135,6 +141,9 @@ class Simulation(LocalTraining, Communication, Measurement):
         self.model = copy.deepcopy(template).to(self.device)
         self.spec = ParamSpec.from_module(self.model)
         self.buffers = {k: v.detach() for k, v in self.model.named_buffers()}
+        # rules that work per layer (a merge that rescales or permutes) learn the layout here
+        self.algorithm = algorithm = bind_algorithm(
+            algorithm, ModelLayout(self.spec, copy.deepcopy(template)))
         # the loss and the scores: the dataset's task unless one is given
         self.task = make_task(task, dataset)
         self._activations_per_sample = self._probe_model()
