@@ -1,8 +1,12 @@
 """Rules and the named algorithms composed from them (see docs/rules.md)."""
 
-from murmura.algorithms import decentralized as _decentralized  # noqa: F401  (registers)
-from murmura.algorithms import federated as _federated  # noqa: F401  (registers)
-from murmura.algorithms import named as _named  # noqa: F401  (registers the built-ins)
+# importing a module registers its algorithms in ALGORITHMS
+from murmura.algorithms import (  # noqa: F401
+    decentralized,
+    federated,
+    modest,
+    named,
+)
 from murmura.algorithms.base import (
     ALGORITHMS,
     Algorithm,

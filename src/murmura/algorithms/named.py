@@ -13,6 +13,7 @@ from murmura.algorithms.rules import (
     FullParticipation,
     Gossip,
     Late,
+    MergeBudget,
     Never,
     NoCommunication,
     SampledParticipation,
@@ -35,8 +36,18 @@ def _participation(fraction: float | None, count: int | None) -> Any:
 
 
 def _schedule(
-    communicate_every: int, late_fraction: float | None, final_merge: bool
+    communicate_every: int, late_fraction: float | None, final_merge: bool,
+    merge_fraction: float | None = None, merge_placement: str = "late",
+    merge_window_start: float = 0.9,
 ) -> Schedule:
+    if merge_fraction is not None:
+        if late_fraction is not None or communicate_every != 1:
+            raise ValueError(
+                f"merge_fraction={merge_fraction} (gossip every round, exact merges in a fraction "
+                "of them) cannot be combined with late_fraction or communicate_every: set one"
+            )
+        return MergeBudget(merge_fraction, merge_placement, merge_window_start,
+                           merge_at_end=final_merge)
     if late_fraction is not None:
         if communicate_every != 1:
             raise ValueError(
@@ -97,19 +108,36 @@ def dsgd(
     late_fraction: float | None = None,
     final_merge: bool = False,
     aggregator: str | dict[str, Any] | None = None,
+    merge_fraction: float | None = None,
+    merge_placement: str = "late",
+    merge_window_start: float = 0.9,
+    final_gossip_steps: int = 0,
 ) -> Algorithm:
     """Decentralized SGD (Lian et al., 2017): ``x_i <- sum_j W_ij (x_j - lr g_j)``, with H local
     steps between gossips and an optional single global merge at the end (Zhu et al., 2025).
     ``aggregator`` (from ``murmura.robust``) replaces the weighted sum by a robust rule over the
-    node's neighbourhood, itself included: ``x_i <- f(x_i, [x_i, x_j for j in N(i)])``."""
+    node's neighbourhood, itself included: ``x_i <- f(x_i, [x_i, x_j for j in N(i)])``.
+
+    The single-merge paper's schedules: ``merge_fraction`` of the rounds are exact global merges
+    placed ``merge_placement`` = ``"early"``, ``"late"``, ``"window"`` (starting at
+    ``merge_window_start``, a fraction of training) or ``"increasing"``, the others gossip (see
+    :class:`~murmura.algorithms.rules.MergeBudget`); ``final_gossip_steps`` > 0 ends training
+    with that many gossip steps instead of an exact merge."""
     from murmura.robust import make_aggregator
 
+    if final_gossip_steps and final_merge:
+        raise ValueError(
+            f"final_gossip_steps={final_gossip_steps} replaces the exact final merge by gossip "
+            "steps: set final_merge = false (or use dsgd rather than dsgd_final_merge)"
+        )
     return Algorithm(
         name="dsgd",
         local_rule=SGD(lr, momentum, weight_decay),
         local_work=_work(local_steps, local_epochs, batch_size),
-        communication=Gossip(aggregator=make_aggregator(aggregator)),
-        schedule=_schedule(communicate_every, late_fraction, final_merge),
+        communication=Gossip(aggregator=make_aggregator(aggregator),
+                             final_steps=final_gossip_steps),
+        schedule=_schedule(communicate_every, late_fraction, final_merge, merge_fraction,
+                           merge_placement, merge_window_start),
         participation=FullParticipation(),
         needs_connected=not final_merge,
         params=dict(locals()),

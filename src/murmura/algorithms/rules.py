@@ -264,3 +264,56 @@ class Never:
         if self.merge_at_end and round == total_rounds - 1:
             return "merge"
         return "skip"
+
+
+@dataclass(frozen=True)
+class MergeBudget:
+    """Gossip every round, and spend a budget of exact global merges (all-reduces) on a
+    ``fraction`` of the rounds, placed ``"early"`` (the first rounds), ``"late"`` (the last),
+    ``"window"`` (a block starting at ``start``, a fraction of training) or ``"increasing"``
+    (spread out with a density that grows linearly over training): the single-merge paper's
+    communication schedules at an equal budget (Zhu et al., 2025, its ``truncate`` and
+    ``truncate_v2`` r-schedules with ``r_end = n - 1``). ``merge_at_end`` closes training with one
+    more merge.
+
+    >>> [MergeBudget(0.2, "late").action(t, 10) for t in (0, 7, 8, 9)]
+    ['communicate', 'communicate', 'merge', 'merge']
+    >>> sorted(MergeBudget(0.3, "increasing").merge_rounds(20))
+    [8, 11, 14, 16, 18, 19]
+    """
+
+    fraction: float = 0.1
+    placement: str = "late"
+    start: float = 0.9
+    merge_at_end: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.fraction <= 1:
+            raise ValueError(f"merge budget: fraction must lie in [0, 1], got {self.fraction!r}")
+        if self.placement not in ("early", "late", "window", "increasing"):
+            raise ValueError(
+                f"merge budget: placement must be 'early', 'late', 'window' or 'increasing', "
+                f"got {self.placement!r}"
+            )
+        if not 0 <= self.start < 1:
+            raise ValueError(f"merge budget: start must lie in [0, 1), got {self.start!r}")
+
+    def merge_rounds(self, total_rounds: int) -> set[int]:
+        count = math.ceil(self.fraction * total_rounds)
+        if count == 0:
+            return set()
+        if self.placement == "early":
+            return set(range(count))
+        if self.placement == "late":
+            return set(range(total_rounds - count, total_rounds))
+        if self.placement == "window":
+            first = min(math.floor(self.start * total_rounds), total_rounds - count)
+            return set(range(first, first + count))
+        # the j-th of `count` merges at T sqrt(j / count): merges per round grow linearly in t
+        return {max(0, math.ceil(total_rounds * math.sqrt(j / count)) - 1)
+                for j in range(1, count + 1)}
+
+    def action(self, round: int, total_rounds: int) -> Action:
+        if self.merge_at_end and round == total_rounds - 1:
+            return "merge"
+        return "merge" if round in self.merge_rounds(total_rounds) else "communicate"

@@ -28,7 +28,8 @@ from murmura.topology.base import Topology, check_round
 from murmura.topology.graphs import TOPOLOGIES, check_int, check_seed
 from murmura.topology.mixing import MixingMatrix, Triplet, _check_n
 
-__all__ = ["TimeVaryingTopology", "OnePeerExponential", "RandomMatching", "RandomKOut"]
+__all__ = ["OnePeerExponential", "RandomKOut", "RandomMatching", "RandomPull",
+           "TimeVaryingTopology"]
 
 
 class TimeVaryingTopology(Topology):
@@ -242,3 +243,55 @@ class RandomKOut(TimeVaryingTopology):
         rows = np.concatenate([nodes, np.repeat(nodes, k)])
         cols = np.concatenate([nodes, pulled.ravel()])
         return rows, cols, np.full(rows.shape[0], 1.0 / (k + 1))
+
+
+@TOPOLOGIES.register(
+    "random_pull",
+    "each round every node averages with r random others (r may be fractional); row-stochastic",
+)
+class RandomPull(TimeVaryingTopology):
+    """Sparse pull gossip (Zhu et al., 2025, "A single merging suffices"): each round node ``i``
+    pulls ``floor(r + 1) - 1`` distinct random others, plus one more with probability
+    ``frac(r + 1)``, and averages uniformly over itself and them: ``W[i, j] = 1/|N_i|``.
+
+    So ``r = 0.2`` means: with probability 0.2 a node averages with one random peer, otherwise
+    it keeps its model; ``r = n - 1`` is exact averaging. Each pull is one model received, so a
+    round costs ``n r`` models in expectation. ``W`` is row-stochastic, not symmetric (as in the
+    paper's code, ``core/gossip_matrix.py``): the swarm's average is preserved only in
+    expectation.
+
+    >>> W = RandomPull(1000, seed=0, r=0.2).mixing_at(0)
+    >>> 150 < W.num_messages < 250, W.in_degree.max().item()
+    (True, 1)
+    """
+
+    kind = "random_pull"
+
+    def __init__(self, n: int, *, seed: int = 0, r: float) -> None:
+        super().__init__(n, seed=seed)
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r <= n - 1:
+            raise ValueError(
+                f"random_pull: r is the expected number of peers a node pulls from each round, "
+                f"a number in [0, n - 1] = [0, {n - 1}]; got {r!r}"
+            )
+        self.r = float(r)
+        self.params = {"r": self.r}
+
+    def coo_at(self, round: int) -> Triplet:
+        n = self.num_nodes
+        nodes = np.arange(n, dtype=np.int64)
+        rng = self.rng_at(round)
+        whole = int(np.floor(self.r))
+        extra = rng.random(n) < self.r - whole
+        k = min(whole + 1, n - 1)
+        if k == 0:
+            return nodes, nodes, np.ones(n)
+        offsets = _distinct_offsets(n, n - 1, k, rng)
+        pulled = offsets + (offsets >= nodes[:, None])
+        # the first `whole` pulls always happen, the last one only where `extra` is drawn
+        keep = np.arange(k)[None, :] < whole + extra[:, None]
+        degree = keep.sum(axis=1)
+        rows = np.concatenate([nodes, np.repeat(nodes, k)[keep.ravel()]])
+        cols = np.concatenate([nodes, pulled.ravel()[keep.ravel()]])
+        weight = 1.0 / (degree + 1)
+        return rows, cols, weight[rows]
