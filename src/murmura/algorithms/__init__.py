@@ -6,6 +6,7 @@ from murmura.algorithms import (  # noqa: F401
     federated,
     modest,
     named,
+    variance_corrected,
 )
 from murmura.algorithms.base import (
     ALGORITHMS,
