@@ -2,8 +2,10 @@
 
 # importing a module registers its algorithms in ALGORITHMS
 from murmura.algorithms import (  # noqa: F401
+    cbo,
     decentralized,
     dfedsam,
+    dimat,
     federated,
     modest,
     named,

@@ -134,3 +134,5 @@ def make_task(spec: str | Task | None, dataset: Any) -> Task:
 
 
 __all__ = ["TASKS", "Classification", "NextToken", "Task", "make_task"]
+
+from murmura.tasks import objectives as _objectives  # noqa: E402, F401  (registers benchmarks)
