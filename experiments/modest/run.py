@@ -65,9 +65,15 @@ def run_one(arm: str, seed: int, quick: bool) -> dict[str, Any]:
              for r in history.records if "test_accuracy" in r]
     reach = next((c for c in curve if c["accuracy"] >= TARGET), None)
     before = [c["accuracy"] for c in curve if c["round"] <= CHURN_AT]
+    # liveness: a round whose aggregators averaged moved models, not only pings
+    churn_at = 3 if quick else CHURN_AT
+    aggregated = sum(r["bytes_sent"] >= sim.message_bytes
+                     for r in history.records[churn_at:])
     return {"arm": arm, "seed": seed, "seconds": time.perf_counter() - start,
             "final_accuracy": curve[-1]["accuracy"],
             "accuracy_at_churn": before[-1] if before else None,
+            "aggregated_rounds_after_churn": aggregated,
+            "rounds_after_churn": len(history.records[churn_at:]),
             "rounds_to_target": reach["round"] if reach else None,
             "mb_to_target": reach["mb_sent_total"] if reach else None,
             "mb_total": curve[-1]["mb_sent_total"], "curve": curve}
@@ -130,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['rounds_to_target']} / {r['mb_to_target']} MB  ({r['seconds']:.0f} s)",
                   flush=True)
     table = {arm: {key: stats([r[key] for r in runs if r["arm"] == arm]) for key in (
-        "final_accuracy", "accuracy_at_churn", "rounds_to_target", "mb_to_target", "mb_total",
-        "seconds")} for arm in dict.fromkeys(r["arm"] for r in runs)}
+        "final_accuracy", "accuracy_at_churn", "aggregated_rounds_after_churn",
+        "rounds_to_target", "mb_to_target", "mb_total", "seconds")} for arm in dict.fromkeys(r["arm"] for r in runs)}
     wall = time.perf_counter() - start
     stem = "quick" if args.quick else "results"
     (args.out / f"{stem}.json").write_text(json.dumps(
