@@ -135,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{arm:15s} seed {seed}: final {r['final_accuracy']:.3f}  to 85%: round "
                   f"{r['rounds_to_target']} / {r['mb_to_target']} MB  ({r['seconds']:.0f} s)",
                   flush=True)
-    table = {arm: {key: stats([r[key] for r in runs if r["arm"] == arm]) for key in (
-        "final_accuracy", "accuracy_at_churn", "aggregated_rounds_after_churn",
-        "rounds_to_target", "mb_to_target", "mb_total", "seconds")} for arm in dict.fromkeys(r["arm"] for r in runs)}
+    keys = ("final_accuracy", "accuracy_at_churn", "aggregated_rounds_after_churn",
+            "rounds_to_target", "mb_to_target", "mb_total", "seconds")
+    table = {arm: {key: stats([r[key] for r in runs if r["arm"] == arm]) for key in keys}
+             for arm in dict.fromkeys(r["arm"] for r in runs)}
     wall = time.perf_counter() - start
     stem = "quick" if args.quick else "results"
     (args.out / f"{stem}.json").write_text(json.dumps(

@@ -74,7 +74,7 @@ def run_one(dataset: str, arm: str, seed: int, quick: bool) -> dict[str, Any]:
         if "test_accuracy" in record:
             curve.append({k: record.get(k) for k in (
                 "round", "test_accuracy", "node_accuracy_mean", "consensus_distance",
-                "bytes_sent_total", "bytes_sent_per_node_mean")})
+                "bytes_sent_total", "bytes_sent_per_node_mean", "server_bytes_sent_total")})
         if t == total - 2:  # the last round before the final merge: read-only evaluation
             before_end = sim.evaluate()
     last = curve[-1]
@@ -84,7 +84,9 @@ def run_one(dataset: str, arm: str, seed: int, quick: bool) -> dict[str, Any]:
         "node_accuracy_before_end": before_end["node_accuracy_mean"],
         "mergeability_before_end": before_end["test_accuracy"],
         "node_accuracy_final": last["node_accuracy_mean"],
-        "mb_sent_total": last["bytes_sent_total"] / 1e6,
+        # an exact merge is an all-reduce: n models up, the average back down (2n, as the
+        # paper counts it); the engine's ledger has the way down as a server's bytes
+        "mb_moved_total": (last["bytes_sent_total"] + last["server_bytes_sent_total"]) / 1e6,
         "curve": curve,
     }
 
@@ -100,7 +102,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         mine = [r for r in runs if r["arm"] == arm]
         table[arm] = {key: stats([r[key] for r in mine]) for key in (
             "merged_accuracy", "node_accuracy_before_end", "mergeability_before_end",
-            "node_accuracy_final", "mb_sent_total", "seconds")}
+            "node_accuracy_final", "mb_moved_total", "seconds")}
     return table
 
 
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run_one(args.dataset, arm, seed, args.quick)
             runs.append(result)
             print(f"{arm:16s} seed {seed}: merged {result['merged_accuracy']:.3f}  local "
-                  f"{result['node_accuracy_before_end']:.3f}  {result['mb_sent_total']:.1f} MB  "
+                  f"{result['node_accuracy_before_end']:.3f}  {result['mb_moved_total']:.1f} MB  "
                   f"{result['seconds']:.0f} s", flush=True)
     wall = time.perf_counter() - start
     summary = {"dataset": args.dataset, "seeds": seeds, "wall_seconds": wall,
