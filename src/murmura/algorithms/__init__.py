@@ -9,6 +9,7 @@ from murmura.algorithms import (  # noqa: F401
     federated,
     modest,
     named,
+    spsa,
     variance_corrected,
 )
 from murmura.algorithms.base import (
