@@ -41,10 +41,12 @@ from murmura.algorithms.plans import (
 )
 from murmura.algorithms.rules import (
     SGD,
+    Adam,
     Every,
     FullParticipation,
     Gossip,
     Late,
+    MergeBudget,
     Never,
     NoCommunication,
     SampledParticipation,
@@ -52,9 +54,10 @@ from murmura.algorithms.rules import (
 )
 
 __all__ = [
-    "ALGORITHMS", "SGD", "AfterLocal", "Aggregator", "Algorithm", "Attack", "Average", "Combiner",
-    "CommunicationRule", "Encoder", "Every", "Exchange", "FullParticipation", "Gossip", "Late",
-    "LocalRule", "LocalWork", "Mix", "Never", "NoCommunication", "NodeState", "Participation",
-    "RoundContext", "SampledParticipation", "Schedule", "SendModel", "ServerAverage",
-    "ServerAverageRule", "ServerRule", "ServerStep", "TakeReceived", "make_algorithm",
+    "ALGORITHMS", "SGD", "Adam", "AfterLocal", "Aggregator", "Algorithm", "Attack", "Average",
+    "Combiner", "CommunicationRule", "Encoder", "Every", "Exchange", "FullParticipation", "Gossip",
+    "Late", "LocalRule", "LocalWork", "Mix", "Never", "NoCommunication", "NodeState",
+    "Participation", "RoundContext", "SampledParticipation", "Schedule", "SendModel",
+    "ServerAverage", "ServerAverageRule", "ServerRule", "ServerStep", "TakeReceived",
+    "make_algorithm", "MergeBudget",
 ]

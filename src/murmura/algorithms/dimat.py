@@ -49,20 +49,19 @@ What the spec fixes, and where this implementation stands:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
-from torch.func import functional_call, grad
+from torch.func import functional_call
 
-from murmura.algorithms.base import ALGORITHMS, Action, Algorithm, GradFn, LossFn, ModelLayout
+from murmura.algorithms.base import ALGORITHMS, Action, Algorithm, ModelLayout
 from murmura.algorithms.named import _work
-from murmura.algorithms.rules import FullParticipation, Gossip, Never
+from murmura.algorithms.rules import Adam, FullParticipation, Gossip, Never
 
 Tensor = torch.Tensor
 
@@ -274,50 +273,6 @@ class ActivationMerge:
 
 # ---------------------------------------------------------------------------------------------
 # local rule and schedule
-
-
-@dataclass(frozen=True)
-class Adam:
-    """Adam (Kingma and Ba, 2015) per node, as ``torch.optim.Adam`` without weight decay:
-    ``m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g²;  t <- t+1;
-    x <- x - lr (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)``. The step count ``t`` is kept as a
-    state vector laid out like the parameters (every entry the same), since per-node state is."""
-
-    lr: float = 1e-3
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    state_names: ClassVar[tuple[str, ...]] = ("exp_avg", "exp_avg_sq", "step")
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"adam: lr must be a positive finite number, got {self.lr!r}")
-        for name in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"adam: {name} must lie in [0, 1), got {getattr(self, name)!r}")
-        if not self.eps > 0:
-            raise ValueError(f"adam: eps must be > 0, got {self.eps!r}")
-
-    def gradient(self, loss: LossFn) -> GradFn:
-        return grad(loss)
-
-    def update(self, param: Tensor, grad: Tensor, state: Mapping[str, Tensor],
-               active: Tensor | None) -> None:
-        m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
-        if active is None:
-            m.lerp_(grad, 1 - self.beta1)
-            v.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
-            t.add_(1.0)
-        else:  # idle nodes (a = 0): nothing moves, state included
-            m.lerp_(grad, active * (1 - self.beta1))
-            v.lerp_(grad * grad, active * (1 - self.beta2))
-            t.add_(active)
-        # one step count per node (t = 0 only where m = v = 0, hence the clamp)
-        steps = t.reshape(len(t), -1)[:, :1].clamp_min(1.0).view(-1, *(1,) * (t.dim() - 1))
-        m_hat = m / (1 - self.beta1 ** steps)
-        v_hat = v / (1 - self.beta2 ** steps)
-        update = m_hat.div_(v_hat.sqrt_().add_(self.eps)).mul_(self.lr)
-        param.sub_(update if active is None else update.mul_(active))
 
 
 @dataclass(frozen=True)
