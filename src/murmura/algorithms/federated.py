@@ -183,7 +183,9 @@ class ServerOptimize:
     needs_topology: bool = False
     uses_server: bool = True
 
-    def plan(self, ctx: RoundContext, participants, topology, sizes) -> ServerStep:
+    def plan(self, ctx: RoundContext, participants, topology, sizes) -> ServerStep | None:
+        if participants is not None and len(participants) == 0:
+            return None  # nobody was available: the server keeps its state
         weights = global_average_weights(sizes, participants, self.weighting)
         return ServerStep(weights, self.encoder, self.aggregator)
 

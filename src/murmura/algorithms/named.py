@@ -29,7 +29,16 @@ def _work(local_steps: int | None, local_epochs: float | None, batch_size: int) 
     return LocalWork(batch_size=batch_size, steps=local_steps, epochs=local_epochs)
 
 
-def _participation(fraction: float | None, count: int | None) -> Any:
+def _participation(fraction: float | None, count: int | None, model: Any = None) -> Any:
+    if model is not None:
+        if fraction is not None or count is not None:
+            raise ValueError(
+                "participation (a model of who is available) and fraction / clients_per_round "
+                "(a uniform sample) cannot both apply: set one"
+            )
+        from murmura.algorithms.participation import make_participation
+
+        return make_participation(model)
     if fraction is None and count is None:
         return FullParticipation()
     return SampledParticipation(fraction=fraction, count=count)
@@ -70,15 +79,18 @@ def fedavg(
     clients_per_round: int | None = None,
     weighting: str = "samples",
     aggregator: str | dict[str, Any] | None = None,
+    participation: str | dict[str, Any] | None = None,
 ) -> Algorithm:
     """FedAvg (McMahan et al., 2017): ``x <- sum_i (n_i / n) x_i`` over the round's clients;
     ``aggregator`` (a name or ``{name = ..., ...}`` from ``murmura.robust``) replaces the weighted
-    mean by a robust rule over the uploaded models."""
+    mean by a robust rule over the uploaded models. ``participation`` (``{name = "bernoulli" |
+    "cyclic" | "markov", p = ...}``, :mod:`murmura.algorithms.participation`) says who is
+    available each round instead of a uniform sample; a round with nobody is skipped."""
     params = dict(locals())
     from murmura.algorithms.federated import ServerOptimize
     from murmura.robust import make_aggregator
 
-    participation = _participation(fraction, clients_per_round)
+    participation = _participation(fraction, clients_per_round, participation)
     work = _work(local_steps, local_epochs, batch_size)
     robust = make_aggregator(aggregator)
     return Algorithm(

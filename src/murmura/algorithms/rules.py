@@ -183,6 +183,8 @@ class ServerAverage:
             )
 
     def plan(self, ctx: RoundContext, participants, topology, sizes) -> Plan:
+        if participants is not None and len(participants) == 0:
+            return None  # nobody was available: the server keeps its model
         return Average(global_average_weights(sizes, participants, self.weighting))
 
 
