@@ -6,6 +6,7 @@ from murmura.algorithms import (  # noqa: F401
     decentralized,
     dfedsam,
     dimat,
+    fedau,
     federated,
     modest,
     named,
