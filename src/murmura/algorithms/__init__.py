@@ -8,6 +8,7 @@ from murmura.algorithms import (  # noqa: F401
     dimat,
     fedau,
     federated,
+    fedspeed,
     modest,
     named,
     spsa,
