@@ -85,3 +85,16 @@ def test_fedavg_over_a_participation_model_skips_empty_rounds():
         make_algorithm("fedavg", fraction=0.5, participation={"name": "bernoulli"})
     with pytest.raises(ValueError, match="name must be one of"):
         make_algorithm("fedavg", participation={"name": "poisson"})
+
+
+@pytest.mark.parametrize("name", ["fedprox", "scaffold", "fedavgm", "fedadam"])
+def test_the_federated_baselines_take_a_participation_model(name):
+    data = federate("digits", num_nodes=8, partition="iid", seed=0)
+    sim = Simulation(data, "logreg", seed=0, algorithm=name, algorithm_kwargs={
+        "local_steps": 1, "participation": {"name": "bernoulli", "p": 0.3}})
+    model = sim.algorithm.participation
+    sim.run(rounds=4)
+    for t, record in enumerate(sim.history.records):
+        came = len(model.select(ctx(t, 8)))
+        assert record["bytes_sent"] == came * sim.message_bytes * (2 if name == "scaffold" else 1)
+    sim.check_finite()

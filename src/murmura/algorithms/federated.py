@@ -206,7 +206,8 @@ def _federated(name: str, local_rule: SGD, server: Any, params: dict, *, encoder
         communication=ServerOptimize(weighting, encoder or SendModel(),
                                      make_aggregator(params.get("aggregator"))),
         schedule=Every(1),
-        participation=_participation(params["fraction"], params["clients_per_round"]),
+        participation=_participation(params["fraction"], params["clients_per_round"],
+                                     params.get("participation")),
         server=server,
         after_local=after_local,
         params=params,
@@ -216,7 +217,8 @@ def _federated(name: str, local_rule: SGD, server: Any, params: dict, *, encoder
 @ALGORITHMS.register("fedprox", "FedProx: FedAvg whose clients add mu/2 ||x - x_global||²")
 def fedprox(mu: float = 0.01, lr: float = 0.05, local_epochs: float | None = None,
             local_steps: int | None = None, batch_size: int = 32, fraction: float | None = None,
-            clients_per_round: int | None = None) -> Algorithm:
+            clients_per_round: int | None = None,
+            participation: str | dict | None = None) -> Algorithm:
     """FedProx (Li et al., 2020): the proximal term keeps heterogeneous clients near the model
     they started from; the server averages by samples, as FedAvg."""
     if not mu >= 0:
@@ -227,7 +229,8 @@ def fedprox(mu: float = 0.01, lr: float = 0.05, local_epochs: float | None = Non
 @ALGORITHMS.register("scaffold", "SCAFFOLD (option II): client and server control variates")
 def scaffold(lr: float = 0.05, server_lr: float = 1.0, local_epochs: float | None = None,
              local_steps: int | None = None, batch_size: int = 32, fraction: float | None = None,
-             clients_per_round: int | None = None) -> Algorithm:
+             clients_per_round: int | None = None,
+             participation: str | dict | None = None) -> Algorithm:
     """SCAFFOLD (Karimireddy et al., 2020), option II: each client corrects its steps by
     ``c - c_i``; clients upload model and control deltas (2 vectors) and download the model and
     ``c`` (2 vectors). The server averages uniformly over the round's clients, as the paper."""
@@ -240,7 +243,8 @@ def scaffold(lr: float = 0.05, server_lr: float = 1.0, local_epochs: float | Non
 def fedavgm(lr: float = 0.05, server_lr: float = 1.0, server_momentum: float = 0.9,
             local_epochs: float | None = None, local_steps: int | None = None,
             batch_size: int = 32, fraction: float | None = None,
-            clients_per_round: int | None = None) -> Algorithm:
+            clients_per_round: int | None = None,
+            participation: str | dict | None = None) -> Algorithm:
     """FedAvgM (Hsu et al., 2019), as Flower's ``FedAvgM``."""
     return _federated("fedavgm", SGD(lr), ServerMomentum(server_lr, server_momentum),
                       dict(locals()))
@@ -252,7 +256,8 @@ def _fedopt(kind: str, defaults: dict) -> Any:
                 beta2: float = 0.99, tau: float = defaults["tau"],
                 local_epochs: float | None = None, local_steps: int | None = None,
                 batch_size: int = 32, fraction: float | None = None,
-                clients_per_round: int | None = None) -> Algorithm:
+                clients_per_round: int | None = None,
+                participation: str | dict | None = None) -> Algorithm:
         server = AdaptiveServer(kind, server_lr, beta1, beta2, tau)
         return _federated(f"fed{kind}", SGD(lr), server, dict(locals()) | {"kind": kind})
 

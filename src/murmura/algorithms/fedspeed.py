@@ -145,7 +145,8 @@ def _number(name: str, value: Any, low: float, *, strict: bool, fix: str) -> flo
 def fedspeed(lr: float = 0.1, rho: float = 0.1, lamb: float = 0.1, alpha: float = 1.0,
              weight_decay: float = 1e-3, form: str = "paper", local_epochs: float | None = None,
              local_steps: int | None = None, batch_size: int = 50, fraction: float | None = None,
-             clients_per_round: int | None = None) -> Algorithm:
+             clients_per_round: int | None = None,
+             participation: str | dict | None = None) -> Algorithm:
     """FedSpeed (Sun et al., ICLR 2023); defaults as FL-Simulator's FedSpeed row (lr 0.1,
     ``rho`` 0.1, ``lamb`` = 1/λ = 0.1, weight decay 1e-3, batch 50; its lr decay is not here).
 
