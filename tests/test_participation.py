@@ -98,3 +98,22 @@ def test_the_federated_baselines_take_a_participation_model(name):
         came = len(model.select(ctx(t, 8)))
         assert record["bytes_sent"] == came * sim.message_bytes * (2 if name == "scaffold" else 1)
     sim.check_finite()
+
+
+def test_a_participation_section_in_a_config_reaches_the_algorithm():
+    from murmura.config import ConfigError, Experiment
+
+    values = {"rounds": 2, "data": {"dataset": "digits", "nodes": 10},
+              "algorithm": {"name": "fedavg", "local_steps": 1},
+              "participation": {"name": "markov", "p": [0.2] * 10, "to_active": 0.1}}
+    exp = Experiment.model_validate(values).check()
+    assert exp.algorithm_params()["participation"] == {"name": "markov", "p": [0.2] * 10,
+                                                       "to_active": 0.1}
+    with pytest.raises(ConfigError, match="takes no participation model"):
+        Experiment.model_validate({**values, "algorithm": {"name": "dsgd"},
+                                   "topology": "ring"}).check()
+    with pytest.raises(ConfigError, match="set it in one place"):
+        Experiment.model_validate({**values, "algorithm": {
+            "name": "fedavg", "participation": {"name": "bernoulli"}}}).check()
+    with pytest.raises(Exception, match="bernoulli"):
+        Experiment.model_validate({**values, "participation": {"name": "poisson"}})

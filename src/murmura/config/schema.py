@@ -321,6 +321,27 @@ class ScheduleConfig(Section):
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
+class ParticipationConfig(Section):
+    """Who is available each round (federated algorithms): a pattern with a probability per
+    client, keyed by (seed, client, round); passed to the algorithm as ``participation``."""
+
+    name: Literal["bernoulli", "cyclic", "markov"] = Field(
+        description="bernoulli (independent rounds), cyclic (active round(cycle p) consecutive "
+        "rounds of each cycle) or markov (an on/off chain with stationary probability p)"
+    )
+    p: float | list[float] | dict[str, Any] = Field(
+        0.1, description="each client's probability: one number, a list of one per client, or "
+        "{ name = 'uniform', low, high } / { name = 'beta', a, b } drawn per client"
+    )
+    cycle: int | None = Field(None, ge=2, description="cyclic: rounds per cycle (default 100)")
+    to_active: float | None = Field(
+        None, gt=0, le=1, description="markov: probability of becoming available (default 0.05)"
+    )
+
+    def as_params(self) -> dict[str, Any]:
+        return {"participation": {k: v for k, v in self.model_dump().items() if v is not None}}
+
+
 class EvaluationConfig(Section):
     """What is measured, and how often."""
 
@@ -435,6 +456,9 @@ class Experiment(Section):
     schedule: ScheduleConfig | None = Field(
         None, description="when nodes communicate (passed to the algorithm)"
     )
+    participation: ParticipationConfig | None = Field(
+        None, description="who is available each round (passed to the algorithm)"
+    )
     task: str | None = Field(
         None, description="the per-node loss and the scores (murmura list tasks); default: the "
         "dataset's own (classification, or next_token for python_docs)"
@@ -532,6 +556,8 @@ class Experiment(Section):
         params = self.algorithm.params
         if self.schedule is not None:
             params.update(self.schedule.as_params())
+        if self.participation is not None:
+            params.update(self.participation.as_params())
         return params
 
     def check(self) -> Experiment:
@@ -553,6 +579,16 @@ class Experiment(Section):
                     problems.append(
                         f"schedule.{key}: also set as algorithm.{key}; set it in one place"
                     )
+        if self.participation is not None:
+            accepted, _, _ = _signature(self.algorithm.registry().get(self.algorithm.name), ())
+            if "participation" not in accepted:
+                problems.append(
+                    f"participation: algorithm {self.algorithm.name!r} takes no participation "
+                    "model (the federated ones do: fedavg, fedau, fedprox, scaffold, ...)"
+                )
+            elif "participation" in self.algorithm.params:
+                problems.append(
+                    "participation: also set as algorithm.participation; set it in one place")
         if not problems:
             try:
                 algorithm = make_algorithm(self.algorithm.name, **self.algorithm_params())
@@ -719,6 +755,7 @@ __all__ = [
     "Experiment",
     "ModelChoice",
     "OutputConfig",
+    "ParticipationConfig",
     "PartitionChoice",
     "ScheduleConfig",
     "TopologyChoice",
