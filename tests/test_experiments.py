@@ -19,3 +19,30 @@ def test_baselines_quick_mode_runs_every_arm(tmp_path):
     rows = (tmp_path / "results" / "runs.csv").read_text().splitlines()
     assert len(rows) == 1 + 15  # a header and one completed run per arm
     assert all(",completed," in row for row in rows[1:])
+
+
+def test_single_merge_quick_mode_runs_every_arm(tmp_path):
+    run = load(REPO / "experiments" / "single_merge" / "run.py")
+    assert run.main(["--quick", "--out", str(tmp_path)]) == 0
+    import json
+
+    result = json.loads((tmp_path / "digits_quick.json").read_text())
+    assert set(result["table"]) == set(run.ARMS) and (tmp_path / "digits_quick.png").exists()
+
+
+def test_modest_quick_mode_runs_every_arm(tmp_path):
+    run = load(REPO / "experiments" / "modest" / "run.py")
+    assert run.main(["--quick", "--out", str(tmp_path)]) == 0
+    import json
+
+    result = json.loads((tmp_path / "quick.json").read_text())
+    assert set(result["table"]) == set(run.ARMS) and (tmp_path / "modest_quick.png").exists()
+
+
+def test_fedau_quick_mode_runs_every_arm(tmp_path):
+    run = load(REPO / "experiments" / "fedau" / "run.py")
+    assert run.main(["--quick", "--out", str(tmp_path)]) == 0
+    import json
+
+    result = json.loads((tmp_path / "quick.json").read_text())
+    assert len(result["table"]) == 5 and (tmp_path / "fedau_quick.png").exists()

@@ -11,7 +11,8 @@ only reads its neighbourhood), which is how 50 runs of 200 particles take second
     .venv/bin/python experiments/cbo/run.py --quick    # smoke run (seconds)
     .venv/bin/python experiments/cbo/run.py --parts canyon  # one part: canyon, benchmarks, digits
 
-Writes ``results.json`` and ``cbo.png`` to ``--out`` (default: ``experiments/cbo/results``).
+Writes ``results.json`` to ``--out`` (default: ``experiments/cbo/results``) and ``cbo.png``
+next to this file (into ``--out`` when another folder is given).
 One swarm alone runs from the config: ``murmura run experiments/cbo/configs/grand_canyon.toml``.
 """
 
@@ -66,6 +67,11 @@ CANYON_CBO = dict(alpha=100.0, lam=1.0, sigma=1.6, dt=0.01, noise="isotropic")
 CANYON_CH = dict(alpha=100.0, sigma=0.7, hopping=True)
 BENCH_CBO = dict(alpha=1e15, lam=1.0, sigma=0.8, dt=0.01, noise="anisotropic")
 DIGITS_CBO = dict(alpha=50.0, lam=1.0, sigma=0.4, dt=0.1, noise="anisotropic")
+
+
+def figure_path(out: Path, name: str) -> Path:
+    """The figure sits next to the README for the default results, in ``out`` otherwise."""
+    return HERE / name if out.resolve() == (HERE / "results").resolve() else out / name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     results["quick"] = args.quick
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    plot(results, args.out / "cbo.png")
+    plot(results, figure_path(args.out, "cbo.png"))
     for line in summary_lines(results):
         print(line)
     print(f"verdicts: {results['verdicts']}  wall {results['wall_seconds']:.0f} s")

@@ -61,6 +61,11 @@ CURVE_KEYS = ["node_accuracy_mean", "test_accuracy", "consensus_distance",
               "bytes_sent_per_node_mean"]
 
 
+def figure_path(out: Path, name: str) -> Path:
+    """The figure sits next to the README for the default results, in ``out`` otherwise."""
+    return HERE / name if out.resolve() == (HERE / "results").resolve() else out / name
+
+
 def run_one(group: str, settings: dict[str, Any], arm: tuple, seed: int) -> dict[str, Any]:
     """One (group, arm, seed): its curve of evaluated rounds and the wall time."""
     import torch
@@ -262,7 +267,7 @@ def write(out: Path, results: list[dict[str, Any]], groups: dict[str, dict], wal
                              *[r["curve"][-1][k] for k in CURVE_KEYS]])
     table = markdown(summary, checks)
     (out / "table.md").write_text(table + f"\nwall time of the script: {wall:.0f} s\n")
-    plot(results, groups, out / "accuracy.png", note)
+    plot(results, groups, figure_path(out, "accuracy.png"), note)
     return table
 
 

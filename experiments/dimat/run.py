@@ -56,6 +56,11 @@ KEYS = ["test_accuracy", "node_accuracy_mean", "node_accuracy_min", "consensus_d
         "bytes_sent_per_node_mean"]
 
 
+def figure_path(out: Path, name: str) -> Path:
+    """The figure sits next to the README for the default results, in ``out`` otherwise."""
+    return HERE / name if out.resolve() == (HERE / "results").resolve() else out / name
+
+
 # ---------------------------------------------------------------------------------------------
 # runs
 
@@ -268,7 +273,7 @@ def write(out: Path, results: list[dict], summary: dict, cfg: dict, tag: str) ->
             for arm, run in r["arms"].items():
                 for c in run.get("curve", []):
                     writer.writerow([arm, r["seed"], c["round"], *(c[k] for k in KEYS)])
-    plot(out / f"dimat{tag}.png", results, cfg)
+    plot(figure_path(out, f"dimat{tag}.png"), results, cfg)
 
 
 def plot(path: Path, results: list[dict], cfg: dict) -> None:

@@ -33,6 +33,11 @@ ARMS = {  # arm: (algorithm, parameters beyond the shared ones)
 }
 
 
+def figure_path(out: Path, name: str) -> Path:
+    """The figure sits next to the README for the default results, in ``out`` otherwise."""
+    return HERE / name if out.resolve() == (HERE / "results").resolve() else out / name
+
+
 def label_correlated(data: Any, seed: int, mean: float = 0.1, floor: float = 0.02) -> list:
     """FedAU's ``data_participation_each_node``: p_n from the client's label fractions."""
     y = data.dataset.train_y
@@ -135,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / f"{stem}.json").write_text(json.dumps(
         {"seeds": seeds, "rounds": rounds, "wall_seconds": wall, "table": summary, "runs": runs},
         indent=1))
-    plot(runs, args.out / f"{stem}.png")
+    plot(runs, figure_path(args.out, f"fedau_{stem}.png"))
     print(f"wall {wall:.0f} s")
     return 0
 

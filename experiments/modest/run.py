@@ -41,6 +41,11 @@ ARMS: dict[str, tuple[str, list[str]]] = {
 }
 
 
+def figure_path(out: Path, name: str) -> Path:
+    """The figure sits next to the README for the default results, in ``out`` otherwise."""
+    return HERE / name if out.resolve() == (HERE / "results").resolve() else out / name
+
+
 def accuracy(arm: str, record: dict[str, Any]) -> float:
     """The federation's model: D-PSGD has none, so the mean of its nodes' models."""
     return record["node_accuracy_mean"] if arm == "dpsgd" else record["test_accuracy"]
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / f"{stem}.json").write_text(json.dumps(
         {"seeds": seeds, "target": TARGET, "wall_seconds": wall, "table": table, "runs": runs},
         indent=1))
-    plot(runs, args.out / f"{stem}.png")
+    plot(runs, figure_path(args.out, f"modest_{stem}.png"))
     print(f"wall {wall:.0f} s; results in {args.out}")
     return 0
 

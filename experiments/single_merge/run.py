@@ -57,6 +57,11 @@ ARMS: dict[str, list[str]] = {
 SEEDS = (0, 1, 2)
 
 
+def figure_path(out: Path, name: str) -> Path:
+    """The figure sits next to the README for the default results, in ``out`` otherwise."""
+    return HERE / name if out.resolve() == (HERE / "results").resolve() else out / name
+
+
 def run_one(dataset: str, arm: str, seed: int, quick: bool) -> dict[str, Any]:
     from murmura.config import Experiment
     from murmura.runner.run import build_simulation
@@ -159,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                "table": summarize(runs)}
     stem = args.dataset + ("_quick" if args.quick else "")
     (args.out / f"{stem}.json").write_text(json.dumps({**summary, "runs": runs}, indent=1))
-    plot(runs, args.out / f"{stem}.png", f"single merge, {args.dataset}, {len(seeds)} seed(s)")
+    plot(runs, figure_path(args.out, f"{stem}.png"),
+         f"single merge, {args.dataset}, {len(seeds)} seed(s)")
     print(f"wall {wall:.0f} s; results in {args.out}")
     return 0
 
