@@ -49,13 +49,21 @@ class SAM(SGD):
 
         def sharpness_aware(params: dict[str, torch.Tensor], *batch: Any) -> dict:
             g = node_grad(params, *batch)  # batch: (x, y) or (x, y, w), any extras after
-            norm = torch.sqrt(sum(v.square().sum() for v in g.values()))
-            scale = self.rho / norm.clamp_min(1e-12)
-            # z + ε = z + ρ g / ||g||, written into g's own memory (no fresh [n, d] buffers)
-            ascent = {k: g[k].mul_(scale).add_(p) for k, p in params.items()}
-            return node_grad(ascent, *batch)
+            # written into g's own memory: no fresh [n, d] buffers
+            return node_grad(ascent_point(params, g, self.rho, reuse=True), *batch)
 
         return sharpness_aware
+
+
+def ascent_point(params: dict[str, torch.Tensor], g: dict[str, torch.Tensor], rho: float,
+                 reuse: bool = False) -> dict[str, torch.Tensor]:
+    """SAM's perturbed point ``z + ρ g / ||g||₂``, the norm over all of one node's parameters
+    (a zero gradient gives no ascent). ``reuse`` writes it into ``g``'s memory."""
+    norm = torch.sqrt(sum(v.square().sum() for v in g.values()))
+    scale = rho / norm.clamp_min(1e-12)
+    if reuse:
+        return {k: g[k].mul_(scale).add_(p) for k, p in params.items()}
+    return {k: p + scale * g[k] for k, p in params.items()}
 
 
 def check_rho(rho: Any) -> float:

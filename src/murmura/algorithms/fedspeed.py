@@ -31,6 +31,7 @@ import torch
 from torch.func import grad
 
 from murmura.algorithms.base import ALGORITHMS, Algorithm, GradFn, LossFn, RoundContext, Tensor
+from murmura.algorithms.dfedsam import ascent_point
 from murmura.algorithms.federated import ANCHOR, _federated
 from murmura.algorithms.plans import NodeState, SendModel, Vectors
 from murmura.algorithms.rules import SGD
@@ -74,9 +75,7 @@ class PerturbedCorrectedSGD(SGD):
 
         def perturbed(params: dict[str, Tensor], *batch: Any) -> dict[str, Tensor]:
             g1 = node_grad(params, *batch)
-            norm = torch.sqrt(sum(v.square().sum() for v in g1.values()))
-            scale = self.rho / norm.clamp_min(1e-12)
-            g2 = node_grad({k: p + scale * g1[k] for k, p in params.items()}, *batch)
+            g2 = node_grad(ascent_point(params, g1, self.rho), *batch)
             if self.alpha == 1.0:
                 return g2
             return {k: torch.lerp(g1[k], g2[k], self.alpha) for k in g1}
