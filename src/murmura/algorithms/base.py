@@ -71,7 +71,11 @@ class LocalRule(Protocol):
     engine hands ``update`` the slices of both. A rule with ``needs_key = True`` gets a per-node
     random key as the gradient function's last argument: ``(params, x, y[, w], key)``, derived
     from (seed, node, round, step), so its draws do not depend on blocking or sharding
-    (:func:`murmura.swarm.random.key_normal` draws from it).
+    (:func:`murmura.swarm.random.key_normal` draws from it); ``needs_key = "round"`` gives one
+    key for all of a round's steps, from (seed, node, round). A rule with ``gradient_state``
+    (names of its own or declared node state) gets those vectors, as named tensors like
+    ``params``, before the key: ``(params, x, y[, w], state[, key])`` (a variance-reduced step
+    takes a gradient at the previous iterate too).
     """
 
     state_names: tuple[str, ...]
@@ -125,6 +129,10 @@ class CommunicationRule(Protocol):
 
 @runtime_checkable
 class Participation(Protocol):
+    """Who takes part in a round. One with ``needs_losses = True`` is called as
+    ``select(ctx, losses)`` with each client's mean training loss under its current model
+    (float ``[n]``), to pick clients by difficulty (curriculum client selection)."""
+
     def select(self, ctx: RoundContext) -> Tensor | None:
         """Sorted int64 ids of this round's participants, or ``None`` for every node."""
         ...
@@ -144,15 +152,35 @@ class Schedule(Protocol):
 # algorithms
 
 
+@runtime_checkable
+class DataOrder(Protocol):
+    """Which of its samples a node reads at each step of a round (curricula), for ONE node.
+
+    ``scoring`` names the model whose per-sample losses rank the samples: ``"global"`` (the
+    model the node starts the round from), ``"expert"`` (the flat parameters in ``expert``) or
+    ``"none"``. ``positions(losses[L], size, first, total, key, *, steps, batch)`` returns int64
+    ``[steps, batch]`` positions in the node's partition (``< size``); ``losses`` are +inf past
+    ``size``, ``first`` is the node's global index of this round's first step and ``total`` its
+    steps over the whole run (a pacing function's ``s`` and ``S``), ``key`` its key for the
+    round. The engine vmaps it and keeps the shuffled batches' shapes and masks."""
+
+    scoring: str
+
+    def positions(self, losses: Tensor, size: Tensor, first: Tensor, total: Tensor,
+                  key: Tensor, *, steps: int, batch: int) -> Tensor: ...
+
+
 @dataclass(frozen=True)
 class LocalWork:
     """How much local training a round does: ``steps`` minibatches, or ``epochs`` passes over
-    each node's data (exactly one must be set)."""
+    each node's data (exactly one must be set). ``order``: which samples each step reads
+    (:class:`DataOrder`, a curriculum); ``None``: shuffled epochs."""
 
     batch_size: int = 32
     steps: int | None = None
     epochs: float | None = None
     reset_state_each_round: bool = False
+    order: DataOrder | None = None
 
     def __post_init__(self) -> None:
         if (self.steps is None) == (self.epochs is None):
@@ -169,7 +197,10 @@ class Algorithm:
     averages: ``"uniform"`` (x̄ = mean of the nodes' models, as in the single-merge paper) or
     ``"samples"`` (weighted by each node's number of samples, as FedAvg's server does).
     ``server``: the server's rule for :class:`ServerStep` plans (swarm-level state; evaluation
-    reads its model). ``after_local``: a per-node step after each round's local training."""
+    reads its model). ``after_local``: a per-node step after each round's local training;
+    ``before_local``: one before it, for that round's participants (FedAMD draws each client's
+    role there), called as ``(params, state, node, key) -> updates`` with a key from (seed,
+    node, round)."""
 
     name: str
     local_rule: LocalRule
@@ -182,6 +213,7 @@ class Algorithm:
     params: dict[str, Any] = field(default_factory=dict)
     server: ServerRule | None = None
     after_local: AfterLocal | None = None
+    before_local: AfterLocal | None = None
 
     def __post_init__(self) -> None:
         if self.merge_weighting not in ("uniform", "samples"):
@@ -196,7 +228,8 @@ class Algorithm:
     @property
     def node_state(self) -> dict[str, NodeState]:
         """Every per-node state vector the algorithm's rules declare, by name."""
-        return declared_state(self.local_rule, self.communication, self.after_local)
+        return declared_state(self.local_rule, self.communication, self.after_local,
+                              self.before_local)
 
 
 @dataclass(frozen=True)
@@ -236,6 +269,7 @@ def bind_algorithm(algorithm: Algorithm, layout: ModelLayout) -> Algorithm:
         local_rule=bind_layout(algorithm.local_rule, layout),
         communication=bind_layout(algorithm.communication, layout),
         after_local=bind_layout(algorithm.after_local, layout),
+        before_local=bind_layout(algorithm.before_local, layout),
     )
 
 

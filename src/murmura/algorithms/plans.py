@@ -158,7 +158,13 @@ class ServerRule(Protocol):
     server's model as ``"params"`` (evaluation reads it). ``update(state, aggregate, ctx)``
     gets the aggregate of the clients' payloads (same names) and returns ``(broadcast, state)``:
     ``broadcast`` maps ``"params"`` and node-state names to the ``[d]`` vectors every receiver
-    stores (SCAFFOLD broadcasts its control variate too); the engine counts its bytes."""
+    stores (SCAFFOLD broadcasts its control variate too); the engine counts its bytes. A
+    broadcast value may also be ``[n, d]``, one row per node: each node stores (and downloads)
+    its own row (OCFL's cluster models).
+
+    A rule with ``needs_uploads = True`` gets every upload instead of their mean: ``aggregate``
+    maps each payload name to ``[m, ...]`` (the ``m`` uploads), ``"clients"`` to their ids and
+    ``"weights"`` to the plan's weights of them (FedAMD's bullseye table, OCFL's clustering)."""
 
     def init(self, params: Tensor) -> Vectors: ...
 

@@ -302,6 +302,10 @@ class DataConfig(Section):
     root: str | None = Field(
         None, description="folder holding the dataset's files (else the loader's default places)"
     )
+    local_test_fraction: float | None = Field(
+        None, gt=0, lt=1, description="hold this fraction of each node's samples out as its own "
+        "test set; evaluation then reports personal_accuracy (each node's model on its own)"
+    )
 
 
 class ScheduleConfig(Section):

@@ -48,6 +48,10 @@ class FederatedData:
     parts: list[np.ndarray]
     index_table: torch.Tensor
     sizes: torch.Tensor
+    test_parts: list[np.ndarray] | None = None  # each node's own held-out samples (holdout)
+    # more per-node sample sets by name, (index_table, sizes) like the training one: an
+    # active learner's unlabelled pool, read by tasks that declare extra_batches
+    pools: dict[str, tuple[torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.parts)
@@ -76,6 +80,56 @@ class FederatedData:
             table[i, : len(a)] = a
         return cls(dataset, arrays, torch.from_numpy(table), torch.from_numpy(sizes))
 
+    def with_pool(self, name: str, parts: Sequence[np.ndarray]) -> FederatedData:
+        """A copy with one more per-node sample set, ``name`` (indices into the training set,
+        one array per node), from which a task declaring ``extra_batches = {name: m}`` gets
+        ``m`` samples' features at every step (an active learner's unlabelled pool).
+
+        >>> import numpy as np
+        >>> from murmura.data import load_dataset
+        >>> fed = FederatedData.from_parts(load_dataset("digits"), [np.arange(3), np.arange(3, 5)])
+        >>> fed.with_pool("unlabelled", [np.arange(5, 9), np.arange(9, 10)]).pools[
+        ...     "unlabelled"][1].tolist()
+        [4, 1]
+        """
+        if len(parts) != self.num_nodes:
+            raise ValueError(f"pool {name!r}: give one index array per node ({self.num_nodes}), "
+                             f"got {len(parts)}")
+        pool = FederatedData.from_parts(self.dataset, parts)
+        return dataclasses.replace(self, pools={**self.pools,
+                                                name: (pool.index_table, pool.sizes)})
+
+    def holdout(self, fraction: float, seed: int = 0) -> FederatedData:
+        """Each node keeps ``fraction`` of its own samples (at least one, at most all but one)
+        out of training, as its personal test set (``test_parts``, indices into the training
+        set): personalized methods are scored on the distribution each client has. The split
+        is a random one per node, keyed by (seed, node).
+
+        >>> from murmura.data import federate
+        >>> fed = federate("digits", 4, seed=0).holdout(0.3)
+        >>> [len(p) for p in fed.test_parts], fed.sizes.tolist()
+        ([94, 94, 94, 94], [221, 220, 220, 220])
+        """
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
+                0 < fraction < 1):
+            raise ValueError(
+                f"local_test_fraction must be a number strictly between 0 and 1, got "
+                f"{fraction!r} (e.g. 0.3 keeps 30% of each node's samples for its own test)"
+            )
+        train, test = [], []
+        for i, part in enumerate(self.parts):
+            if len(part) < 2:
+                raise ValueError(
+                    f"node {i} holds {len(part)} sample(s): a personal test split needs at "
+                    "least 2 per node (use fewer nodes or a partition with a minimum size)"
+                )
+            order = np.random.default_rng([int(seed), i, 0x5E1F]).permutation(len(part))
+            k = min(len(part) - 1, max(1, round(fraction * len(part))))
+            test.append(np.sort(part[order[:k]]))
+            train.append(np.sort(part[order[k:]]))
+        return dataclasses.replace(FederatedData.from_parts(self.dataset, train),
+                                   test_parts=test, pools=self.pools)
+
     @property
     def num_nodes(self) -> int:
         return len(self.parts)
@@ -87,12 +141,28 @@ class FederatedData:
             dataset=self.dataset.to(device),
             index_table=self.index_table.to(device),
             sizes=self.sizes.to(device),
+            pools={k: (t.to(device), z.to(device)) for k, (t, z) in self.pools.items()},
         )
 
     def node_data(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Node i's training features and labels (a copy; for the unvectorized paths)."""
         idx = torch.as_tensor(self.parts[i], device=self.dataset.train_x.device)
         return self.dataset.train_x[idx], self.dataset.train_y[idx]
+
+    def label_counts(self) -> torch.Tensor:
+        """float ``[num_nodes, num_classes]``: each node's training samples of each class."""
+        labels = self.dataset.train_y.cpu()
+        if labels.ndim != 1:
+            raise ValueError(
+                f"label counts need one class label per sample; {self.dataset.name!r} has "
+                f"targets of shape {tuple(labels.shape[1:])} per sample"
+            )
+        counts = torch.zeros(self.num_nodes, self.dataset.num_classes, dtype=torch.float32)
+        for i, part in enumerate(self.parts):
+            counts[i] = torch.bincount(labels[torch.as_tensor(part)],
+                                       minlength=self.dataset.num_classes)[
+                                           : self.dataset.num_classes].float()
+        return counts
 
     def stats(self) -> dict[str, Any]:
         """:func:`murmura.data.partition_stats` of this split."""
@@ -116,6 +186,7 @@ def federate(
     seed: int = 0,
     root: str | os.PathLike[str] | None = None,
     dataset_params: Mapping[str, Any] | None = None,
+    local_test_fraction: float | None = None,
     **partition_params: Any,
 ) -> FederatedData:
     """Split a dataset among ``num_nodes`` nodes.
@@ -123,9 +194,11 @@ def federate(
     ``dataset`` is a :class:`Dataset` or a registered name, loaded with ``root`` and
     ``dataset_params``; when loading by name, ``num_nodes`` and ``seed`` are also passed to
     builders that take them (``synthetic``) unless ``dataset_params`` sets them, so one seed
-    drives the whole federation. ``partition="natural"`` uses the dataset's own per-node split
-    (``synthetic`` has one; it must have ``num_nodes`` nodes); any other name is a registered
-    partitioner applied to ``train_y`` with ``partition_params``.
+    drives the whole federation. ``local_test_fraction`` holds that fraction of each node's
+    samples out as its personal test set (:meth:`FederatedData.holdout`).
+    ``partition="natural"`` uses the dataset's own per-node split (``synthetic`` has one; it
+    must have ``num_nodes`` nodes); any other name is a registered partitioner applied to
+    ``train_y`` with ``partition_params``.
 
     >>> fed = federate("synthetic", 8, "natural", seed=3, dataset_params={"heterogeneity": 0.5})
     >>> fed.num_nodes, fed.sizes.tolist()[:3]
@@ -167,10 +240,14 @@ def federate(
                 f"nodes but num_nodes={num_nodes}; use num_nodes={len(nat)} or regenerate the "
                 f"dataset with num_nodes={num_nodes}"
             )
-        return FederatedData.from_parts(dataset, nat)
+        return _held_out(FederatedData.from_parts(dataset, nat), local_test_fraction, seed)
 
     parts = _partition(
         partition, dataset.partition_labels.cpu().numpy(), num_nodes, seed=seed,
         **partition_params
     )
-    return FederatedData.from_parts(dataset, parts)
+    return _held_out(FederatedData.from_parts(dataset, parts), local_test_fraction, seed)
+
+
+def _held_out(data: FederatedData, fraction: float | None, seed: int) -> FederatedData:
+    return data if fraction is None else data.holdout(fraction, seed)

@@ -62,6 +62,7 @@ def build_simulation(experiment: Experiment, backend: str | None = None) -> Any:
         seed=experiment.seed,
         root=data_cfg.root,
         dataset_params=data_cfg.dataset.params,
+        local_test_fraction=data_cfg.local_test_fraction,
         **partition.params,
     )
     algorithm = make_algorithm(experiment.algorithm.name, **experiment.algorithm_params())

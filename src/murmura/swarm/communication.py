@@ -346,7 +346,10 @@ class Communication:
         m = int(uploaders.sum())
         if self.malicious is not None and payload is not None:
             payload = self._attack_at_server(payload, rows + lo)
-        if plan.aggregator is None:
+        server = self.algorithm.server or ServerAverageRule()
+        if getattr(server, "needs_uploads", False):
+            aggregate = self._uploads(plan, payload, uploaders)
+        elif plan.aggregator is None:
             weights = plan.weights.to(self.params.dtype)
             weights = weights / weights.sum()
             local = weights[lo:hi][rows]
@@ -358,19 +361,42 @@ class Communication:
                 aggregate[name] = self._sum_over_processes(part)
         else:
             aggregate = self._robust_server(plan.aggregator, payload, m)
-        server = self.algorithm.server or ServerAverageRule()
         if not self.server_state:
             self.server_state = server.init(self._initial_row())
         ctx = replace(self.context(self._round_total), uploaders=m)
         broadcast, self.server_state = server.update(self.server_state, aggregate, ctx)
+        personal = False
         for name, value in broadcast.items():
             target = self._target(name, "the server broadcast")
-            target.copy_(value.expand_as(target))
-        if "params" in broadcast:
+            if value.dim() == 2 and value.shape[0] == self.num_nodes:
+                # one row per node: each receiver downloads its own (a cluster's model)
+                target.copy_(value[lo:hi])
+                personal = True
+            else:
+                target.copy_(value.expand_as(target))
+        if "params" in broadcast and not personal:
             self._mark_identical()
-        down = sum(4 * v.numel() for v in broadcast.values())
+        down = sum(4 * (v[0].numel() if v.dim() == 2 and v.shape[0] == self.num_nodes
+                        else v.numel()) for v in broadcast.values())
         self._count_star(uploaders, plan.encoder.nbytes(self.spec.dim), receivers, down,
                          plan.hosts)
+
+    def _uploads(self, plan: ServerStep, payload: dict[str, Tensor] | None, uploaders: Tensor
+                 ) -> dict[str, Tensor]:
+        """What a server rule with ``needs_uploads`` gets: every upload, ``[m, ...]`` per
+        payload name in the order of ``"clients"`` (the uploaders' ids), and their ``"weights"``
+        (the plan's, unnormalized)."""
+        if plan.aggregator is not None:
+            raise ValueError(
+                f"{type(self.algorithm.server).__name__} reads every upload itself "
+                "(needs_uploads), so its plan must not also name an aggregator"
+            )
+        clients = torch.nonzero(uploaders).flatten()
+        result = {name: self._all_rows(stack, "a server that reads every upload")
+                  for name, stack in (payload or {}).items()}
+        result["clients"] = clients
+        result["weights"] = plan.weights[clients].to(self.params.dtype)
+        return result
 
     def _sum_over_processes(self, part: Tensor) -> Tensor:
         return part

@@ -44,8 +44,9 @@ from murmura.swarm.fused import fused_step_for, linear_stack
 from murmura.swarm.local import LocalTraining
 from murmura.swarm.measure import Evaluation, Measurement, NonFiniteError
 from murmura.swarm.memory import tune_allocator
+from murmura.swarm.ordering import OrderedData
 from murmura.swarm.params import ParamSpec
-from murmura.swarm.random import uniform
+from murmura.swarm.random import hash_keys, stream_id, uniform
 from murmura.tasks import Classification, Task, make_task
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,7 +65,7 @@ def check_same_init(algorithm: Algorithm, same_init: bool) -> None:
         )
 
 
-class Simulation(LocalTraining, Communication, Measurement):
+class Simulation(LocalTraining, Communication, Measurement, OrderedData):
     """A simulated swarm: data split over nodes, one model architecture, an algorithm, a topology.
 
     >>> from murmura.data import federate
@@ -161,7 +162,8 @@ class Simulation(LocalTraining, Communication, Measurement):
         }
         # per-node state the rules (and the task) declare, laid out like params; the server's
         self.node_state_specs = declared_state(algorithm.local_rule, algorithm.communication,
-                                               algorithm.after_local, self.task)
+                                               algorithm.after_local, algorithm.before_local,
+                                               self.task)
         self.node_state = {
             name: (self.params.clone() if spec.init == "params"
                    else torch.zeros(n, d, device=self.device))
@@ -208,7 +210,20 @@ class Simulation(LocalTraining, Communication, Measurement):
         self._stack = linear_stack(self.model, self.spec) if fused else None
         self.chunk_size = int(chunk_size) if chunk_size is not None else self._auto_chunk_size()
         self._task_extras = bool(getattr(self.task, "needs_key", False)
-                                 or getattr(self.task, "state_names", ()))
+                                 or getattr(self.task, "state_names", ())
+                                 or getattr(self.task, "needs_label_counts", False)
+                                 or getattr(self.task, "extra_batches", None))
+        self._pool_samplers = self._make_pool_samplers()
+        # each node's training samples per class, for tasks whose loss adjusts logits by them
+        self.label_counts = self.data.label_counts().to(self.device) if getattr(
+            self.task, "needs_label_counts", False) else None
+        for name in getattr(algorithm.local_rule, "gradient_state", ()):
+            if name not in self.node_state and name not in self.local_state:
+                raise ValueError(
+                    f"the local rule of {algorithm.name!r} reads state {name!r} in its gradient, "
+                    f"which no rule declares (declared: "
+                    f"{sorted(self.node_state) + sorted(self.local_state)})"
+                )
         for name in getattr(self.task, "state_names", ()):
             if name not in self.node_state:
                 raise ValueError(
@@ -220,6 +235,8 @@ class Simulation(LocalTraining, Communication, Measurement):
         self._weighted_grad_fn = vmap(algorithm.local_rule.gradient(
             self._weighted_loss_with_extras if self._task_extras else self._weighted_loss))
         self._node_eval_subset = self._pick_node_eval_subset()
+        self._personal_table: tuple | None = None
+        self._check_order()
         self.round = 0
         self.total_rounds: int | None = None
         self.history = History()
@@ -265,6 +282,26 @@ class Simulation(LocalTraining, Communication, Measurement):
                 f"{self.num_nodes}; build both for the same number of nodes"
             )
         return topology
+
+    def _make_pool_samplers(self) -> dict[str, BatchSampler]:
+        """Per-step samplers of the sample sets a task reads besides its minibatch."""
+        samplers = {}
+        for name, count in (getattr(self.task, "extra_batches", None) or {}).items():
+            if name not in self.data.pools:
+                raise ValueError(
+                    f"task {self.task.name!r} reads batches of {name!r}, which the data does not "
+                    f"hold (pools: {sorted(self.data.pools) or 'none'}); add it with "
+                    f"FederatedData.with_pool({name!r}, parts)"
+                )
+            table, sizes = self.data.pools[name]
+            if bool((sizes < 1).any()):
+                empty = torch.nonzero(sizes < 1).flatten()[:5].tolist()
+                raise ValueError(f"pool {name!r}: nodes {empty} hold no samples in it; every "
+                                 "node needs at least one")
+            samplers[name] = BatchSampler(
+                table, sizes, count, steps=self.sampler.num_steps(),
+                seed=int(hash_keys(self.seed, stream_id(f"pool:{name}"))))
+        return samplers
 
     def _node_range(self) -> tuple[int, int]:
         return 0, self.num_nodes
@@ -373,7 +410,10 @@ class Simulation(LocalTraining, Communication, Measurement):
         ctx = self.context(total_rounds)
         t0 = time.perf_counter()
         self._round_total = total_rounds
-        participants = algo.participation.select(ctx)
+        if getattr(algo.participation, "needs_losses", False):
+            participants = algo.participation.select(ctx, self.client_losses())
+        else:
+            participants = algo.participation.select(ctx)
         rows_identical = self._rows_identical()
         self._identical = None
         self.train(participants, self.round, rows_identical)

@@ -113,6 +113,13 @@ class LocalTraining:
             state = {k: v[where] for k, v in self.local_state.items()}
             shared = {k: v[where] for k, v in self.node_state.items()}
             alive, width, masked = self._step_shapes(plan, num_steps, stop - start)
+            if self.algorithm.before_local is not None:
+                keys = node_keys(self.seed, "before-local", nodes, round_index, 0)
+                self._write_node_updates(
+                    X, shared, vmap(self.algorithm.before_local)(X, shared, nodes, keys),
+                    "the before-local step")
+            if self.algorithm.local_work.order is not None:
+                plan = self._ordered(plan, nodes, X, round_index)
             if self._fused is not None:
                 correction = fused_correction(self.algorithm.local_rule, shared)
                 self._train_block_fused(X, state, plan, num_steps, alive, width, masked,
@@ -123,18 +130,24 @@ class LocalTraining:
             if self.algorithm.after_local is not None:
                 steps = (plan.active.sum(dim=1) if plan.active is not None
                          else torch.full((len(nodes),), num_steps, device=self.device))
-                updates = vmap(self.algorithm.after_local)(X, shared, nodes, steps)
-                with torch.no_grad():
-                    for k, v in updates.items():
-                        if k != "params" and k not in shared:
-                            self._target(k, "the after-local step returned an update for")
-                        (X if k == "params" else shared[k]).copy_(v)
+                self._write_node_updates(
+                    X, shared, vmap(self.algorithm.after_local)(X, shared, nodes, steps),
+                    "the after-local step")
             if not contiguous:
                 self.params[where] = X
                 for k, v in state.items():
                     self.local_state[k][where] = v
                 for k, v in shared.items():
                     self.node_state[k][where] = v
+
+    @torch.no_grad()
+    def _write_node_updates(self, X: torch.Tensor, shared: dict, updates: dict, who: str
+                            ) -> None:
+        """A per-node step's results written into the block's rows of params and node state."""
+        for k, v in updates.items():
+            if k != "params" and k not in shared:
+                self._target(k, f"{who} returned an update for")
+            (X if k == "params" else shared[k]).copy_(v)
 
     @torch.no_grad()
     def _reset_round_state(self, participants: torch.Tensor | None) -> None:
@@ -164,6 +177,9 @@ class LocalTraining:
         feature = dataset.feature_shape
         train_x, train_y = dataset.train_x, dataset.train_y
         index_all, weight_all = plan.index, plan.weight
+        gradient_state = tuple(getattr(rule, "gradient_state", ()))
+        pools = {name: sampler.batches(nodes, round_index, 0, num_steps)
+                 for name, sampler in self._pool_samplers.items()}
         views_for: dict[int, tuple[dict, dict]] = {}
         for step in range(num_steps):
             m = alive[step]
@@ -176,16 +192,28 @@ class LocalTraining:
             index = index_all[:m, step, : width[step]]
             xb = self._gather(train_x, index).view(*index.shape, *feature)
             yb = train_y[index]
-            keyed = ()  # the task's extras come first, the rule's key last (docs/rules.md)
+            # the task's extras come first, then the state the rule reads, its key last
+            # (docs/rules.md)
+            keyed: tuple = ()
             if self._task_extras:
                 extras: dict[str, Any] = {}
                 if getattr(self.task, "state_names", ()):
                     extras["state"] = {k: state_views[k] for k in self.task.state_names}
                 if getattr(self.task, "needs_key", False):
                     extras["key"] = node_keys(self.seed, "task", nodes[:m], round_index, step)
+                if getattr(self.task, "needs_label_counts", False):
+                    extras["label_counts"] = self.label_counts[nodes[:m]]
+                for name, draws in pools.items():
+                    picked = draws.index[:m, step]
+                    extras[name] = {"x": train_x[picked.reshape(-1)].view(
+                        *picked.shape, *feature)}
                 keyed += (extras,)
-            if getattr(rule, "needs_key", False):
-                keyed += (node_keys(self.seed, "local", nodes[:m], round_index, step),)
+            if gradient_state:
+                keyed += ({k: state_views[k] for k in gradient_state},)
+            needs_key = getattr(rule, "needs_key", False)
+            if needs_key:
+                counter = 0 if needs_key == "round" else step
+                keyed += (node_keys(self.seed, "local", nodes[:m], round_index, counter),)
             if not masked[step]:
                 grads = self._grad_fn(param_views, xb, yb, *keyed)
                 active = None

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.func import vmap
 
 from murmura.metrics.evaluation import evaluate_model, evaluate_nodes
 from murmura.swarm.fused import node_accuracy_shared_input
@@ -113,6 +114,14 @@ class Measurement:
                 node_accuracy_min=float(self._all_min(node_acc.min().reshape(1))),
                 node_accuracy_max=float(self._all_max(node_acc.max().reshape(1))),
             )
+        if self.data.test_parts is not None:
+            personal = self._personal_accuracies()
+            total = self._all_sum(personal.sum(dtype=torch.float64).reshape(1))
+            result.update(
+                personal_accuracy_mean=float(total) / self.num_nodes,
+                personal_accuracy_min=float(self._all_min(personal.min().reshape(1))),
+                personal_accuracy_max=float(self._all_max(personal.max().reshape(1))),
+            )
         if self.malicious is not None:
             result.update(self._honest_metrics(served, node_acc if subset is not None else None))
         return result
@@ -165,6 +174,44 @@ class Measurement:
                   for start in range(0, self.local_nodes, chunk))
         return torch.cat([node_accuracy_shared_input(self._stack, views, x, y, self._eval_scratch)
                           for views in blocks])
+
+    @torch.no_grad()
+    def _personal_accuracies(self) -> torch.Tensor:
+        """Every local node's own model on its own held-out samples (``data.test_parts``):
+        ``[local_nodes]``. A task with ``personal_scores(forward, params, batch)`` scores them
+        its own way (FedGELA's classifier adjusted by the node's class counts, which the batch
+        carries as ``label_counts``); otherwise the model's outputs are the class scores."""
+        if self._personal_table is None:
+            parts = self.data.test_parts[self.first_node : self.last_node]
+            sizes = torch.tensor([len(p) for p in parts])
+            table = torch.zeros(len(parts), int(sizes.max()), dtype=torch.int64)
+            for i, part in enumerate(parts):
+                table[i, : len(part)] = torch.as_tensor(part)
+                table[i, len(part):] = int(part[0])  # padding reads a real sample, never counted
+            counts = (self.label_counts if self.label_counts is not None
+                      else self.data.label_counts().to(self.device))
+            self._personal_table = (table.to(self.device), sizes.to(self.device),
+                                    counts[self.first_node : self.last_node])
+        table, sizes, counts = self._personal_table
+        dataset = self.data.dataset
+        scores_of = getattr(self.task, "personal_scores", None)
+
+        def accuracy(params, index, size, label_counts):
+            x, y = dataset.train_x[index], dataset.train_y[index]
+            if scores_of is None:
+                scores = self._forward(params, x)
+            else:
+                scores = scores_of(self._forward, params,
+                                   {"x": x, "y": y, "label_counts": label_counts})
+            valid = torch.arange(index.shape[0], device=index.device) < size
+            return ((scores.argmax(-1) == y) & valid).sum() / size
+
+        chunk = self._eval_chunk_size(table.shape[1])
+        out = [vmap(accuracy)(self.spec.views(self.params[start : start + chunk]),
+                              table[start : start + chunk], sizes[start : start + chunk],
+                              counts[start : start + chunk])
+               for start in range(0, self.local_nodes, chunk)]
+        return torch.cat(out).to(torch.float32)
 
     # Reductions over every node's row. One process holds them all, so these are identities;
     # a sharded simulation (murmura.dist) reduces across processes.
