@@ -3,6 +3,7 @@
 # importing a module registers its algorithms in ALGORITHMS
 from murmura.algorithms import (  # noqa: F401
     cbo,
+    curriculum,
     decentralized,
     dfedsam,
     dimat,
