@@ -34,6 +34,7 @@ KINDS = {
     "attacks": "ATTACKS",
     "compressors": "COMPRESSORS",
     "tasks": "TASKS",
+    "blackbox": "BLACKBOX",
 }
 
 
@@ -246,6 +247,7 @@ def _supplied() -> dict[str, tuple[str, ...]]:
         "attacks": (),
         "compressors": (),
         "tasks": (),
+        "blackbox": ("problem", "rounds", "local_iters", "seed"),
     }
 
 
@@ -264,7 +266,8 @@ def registry_of(kind: str) -> Any:
 def list_(
     kind: Annotated[str | None, typer.Argument(
         help="algorithms, topologies, datasets, partitions, models, weights, aggregators, "
-        "attacks, compressors or tasks (default: all)")
+        "attacks, compressors, tasks or blackbox (federated black-box optimizers, "
+        "murmura.fed_minimize; default: all)")
     ] = None,
     import_: Annotated[list[str] | None, typer.Option(
         "--import", help="a module that registers components (repeatable), as a config's "

@@ -19,6 +19,10 @@ COLUMNS: dict[str, str] = {
     "node_accuracy_min": "worst node's accuracy on the test subset",
     "node_accuracy_max": "best node's accuracy on the test subset",
     "consensus_distance": "(1/n) sum_i ||x_i - x̄||², after communication",
+    "personal_accuracy_mean": "with [data] local_test_fraction: mean over nodes of each node's "
+    "own model's accuracy on its own held-out samples",
+    "personal_accuracy_min": "with local_test_fraction: the worst node's personal accuracy",
+    "personal_accuracy_max": "with local_test_fraction: the best node's personal accuracy",
     "honest_test_accuracy": "with an adversary: accuracy of the honest nodes' average model (the "
     "server's model at a server)",
     "honest_node_accuracy_mean": "with an adversary: mean of the honest nodes' own accuracies",
@@ -45,7 +49,8 @@ COLUMNS: dict[str, str] = {
 # the columns only evaluation rounds fill (empty on the others)
 EVALUATED_COLUMNS: tuple[str, ...] = (
     "test_accuracy", "test_loss", "node_accuracy_mean", "node_accuracy_min", "node_accuracy_max",
-    "consensus_distance", "honest_test_accuracy", "honest_node_accuracy_mean",
+    "consensus_distance", "personal_accuracy_mean", "personal_accuracy_min",
+    "personal_accuracy_max", "honest_test_accuracy", "honest_node_accuracy_mean",
     "honest_node_accuracy_min", "honest_consensus_distance",
 )
 
