@@ -12,6 +12,7 @@ from murmura.algorithms import (  # noqa: F401
     fedspeed,
     modest,
     named,
+    ocfl,
     spsa,
     variance_corrected,
 )

@@ -272,6 +272,77 @@ def class_disjoint(
     return _parts_from_assignment(assign, num_nodes)
 
 
+@PARTITIONERS.register("label_groups")
+def label_groups(
+    labels: np.ndarray, num_nodes: int, *, seed: int, groups: Sequence[Sequence[int]]
+) -> list[np.ndarray]:
+    """Nodes form groups that hold given, possibly overlapping, label sets (OCFL's clusters).
+
+    Nodes are split into ``len(groups)`` contiguous groups
+    (``np.array_split(range(num_nodes), len(groups))``); the nodes of group g see the labels
+    ``groups[g]`` only. Overlapping labels are *shared*, not copied: the shuffled samples of
+    each label are dealt evenly to all the nodes of all the groups that hold it (a label held by
+    two groups of five nodes gives each of the ten nodes a tenth of its samples; a remainder
+    goes to the holders with the fewest samples so far). Every sample goes to at most one node;
+    a label that no group holds is left out.
+
+    >>> import numpy as np
+    >>> y = np.repeat(np.arange(4), 6)
+    >>> parts = label_groups(y, 4, seed=0, groups=[[0, 1, 2], [1, 2, 3]])
+    >>> [sorted(set(y[p].tolist())) for p in parts]
+    [[0, 1, 2], [0, 1, 2], [1, 2, 3], [1, 2, 3]]
+    >>> [len(p) for p in parts]
+    [5, 5, 7, 7]
+    """
+    y = check_labels(labels)
+    num_nodes = check_num_nodes(num_nodes, len(y))
+    rng = np.random.default_rng(check_seed(seed))
+    present = np.unique(y)
+    hint = "give a list of label lists, e.g. groups = [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]"
+    if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence) or not groups:
+        raise ValueError(f"groups must be a non-empty list of label lists, got {groups!r}; {hint}")
+    if len(groups) > num_nodes:
+        raise ValueError(
+            f"groups has {len(groups)} label sets but num_nodes={num_nodes}: each group needs a "
+            f"node; use at most {num_nodes} groups"
+        )
+    sets = []
+    for g, group in enumerate(groups):
+        if isinstance(group, (str, bytes)) or not isinstance(group, Sequence) or not group:
+            raise ValueError(f"groups[{g}] must be a non-empty list of labels, got {group!r}")
+        members = [check_int(f"groups[{g}] entries", c, minimum=0) for c in group]
+        if len(set(members)) != len(members):
+            raise ValueError(f"groups[{g}] = {list(group)} names a label twice; list each once")
+        absent = sorted(set(members) - set(present.tolist()))
+        if absent:
+            raise ValueError(
+                f"groups[{g}] names label(s) {absent} that labels do not contain (classes "
+                f"present: {present.tolist()}); use labels of the dataset"
+            )
+        sets.append(members)
+    node_groups = np.array_split(np.arange(num_nodes), len(sets))
+    assign = np.full(len(y), -1, dtype=np.int64)
+    totals = np.zeros(num_nodes, dtype=np.int64)
+    for c in present.tolist():
+        holders = np.concatenate([nodes for nodes, s in zip(node_groups, sets) if c in s]
+                                 + [np.empty(0, np.int64)])
+        if len(holders) == 0:
+            continue
+        idx = rng.permutation(np.flatnonzero(y == c))
+        sizes = np.full(len(holders), len(idx) // len(holders))
+        sizes[np.argsort(totals[holders], kind="stable")[: len(idx) % len(holders)]] += 1
+        assign[idx] = np.repeat(holders, sizes)
+        totals[holders] += sizes
+    if totals.min() == 0:
+        raise ValueError(
+            f"groups: node {int(np.argmin(totals))} gets no sample (its group's labels have "
+            f"fewer samples than holders); use fewer nodes or larger label sets"
+        )
+    kept = np.flatnonzero(assign >= 0)
+    parts = _parts_from_assignment(assign[kept], num_nodes)
+    return [kept[p] for p in parts]
+
+
 @PARTITIONERS.register("quantity_skew")
 def quantity_skew(
     labels: np.ndarray, num_nodes: int, *, seed: int, alpha: float, min_size: int = 1
