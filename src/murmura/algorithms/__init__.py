@@ -9,6 +9,7 @@ from murmura.algorithms import (  # noqa: F401
     dimat,
     fedau,
     federated,
+    fedgela,
     fedspeed,
     modest,
     named,

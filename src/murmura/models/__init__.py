@@ -159,4 +159,5 @@ def check_functional(model: nn.Module) -> None:
 
 __all__ = ["MODELS", "build_model", "check_functional", "logreg", "mlp", "cnn"]
 
+from murmura.models import etf as _etf  # noqa: E402, F401  (registers "etf_mlp")
 from murmura.models import vector as _vector  # noqa: E402, F401  (registers "vector")
