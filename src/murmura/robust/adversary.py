@@ -10,16 +10,17 @@ import torch
 from murmura.robust.attacks import make_attack
 from murmura.swarm.random import uniform
 
-PLACEMENTS = ("random",)
+PLACEMENTS = ("random", "degree", "betweenness")
 
 
 @dataclass(frozen=True)
 class Adversary:
     """Malicious nodes: ``count`` of them, a ``fraction`` of all nodes, or the given ``nodes``;
     ``placement="random"`` draws them from the seed. They train honestly; every message they
-    send is replaced by ``attack`` (see :mod:`murmura.robust.attacks`). ``placement`` may also
-    be a rule of your own, ``placement(count, num_nodes, seed, topology) -> node ids`` (the
-    highest-degree nodes, a bridge, ...).
+    send is replaced by ``attack`` (see :mod:`murmura.robust.attacks`). ``placement="degree"``
+    takes the best-connected nodes of the graph, ``"betweenness"`` the bridges and bottlenecks
+    (highest betweenness centrality, networkx's; ties broken by node id). ``placement`` may also
+    be a rule of your own, ``placement(count, num_nodes, seed, topology) -> node ids``.
 
     >>> adv = Adversary("sign_flip", fraction=0.25)
     >>> int(adv.place(8, seed=0).sum())
@@ -85,6 +86,25 @@ class Adversary:
                 )
             mask[chosen] = True
             return mask
+        if self.placement in ("degree", "betweenness"):
+            return self._central(mask, count, topology)
         keys = uniform(seed, "adversary", torch.arange(num_nodes), dtype=torch.float64)
         mask[torch.topk(keys, count, largest=False).indices] = True
+        return mask
+
+    def _central(self, mask: torch.Tensor, count: int, topology: Any) -> torch.Tensor:
+        """The ``count`` most central nodes of the round-0 graph, by ``placement``."""
+        if topology is None:
+            raise ValueError(
+                f"adversary: placement={self.placement!r} reads the graph, and this algorithm "
+                "has no topology (at a server every client is alike: use placement='random')"
+            )
+        import networkx as nx
+
+        graph = nx.Graph(topology.graph_at(0))
+        graph.remove_edges_from(nx.selfloop_edges(graph))
+        score = (dict(graph.degree()) if self.placement == "degree"
+                 else nx.betweenness_centrality(graph))
+        ranked = sorted(range(len(mask)), key=lambda i: (-score.get(i, 0.0), i))
+        mask[ranked[:count]] = True
         return mask

@@ -26,7 +26,8 @@ from murmura.algorithms.plans import (
     ServerAverageRule,
     ServerStep,
 )
-from murmura.swarm.random import node_keys, uniform
+from murmura.swarm.nonlinear import NonLinearCommunication
+from murmura.swarm.random import node_keys
 
 Tensor = torch.Tensor
 
@@ -34,7 +35,7 @@ Tensor = torch.Tensor
 _BLOCK_BYTES = 64 << 20
 
 
-class Communication:
+class Communication(NonLinearCommunication):
     """The communication stage of :class:`~murmura.swarm.engine.Simulation`."""
 
     @torch.no_grad()
@@ -209,15 +210,21 @@ class Communication:
     def _exchange_messages(self, plan: Exchange) -> None:
         mixing = plan.matrix
         payload = self._encode(plan.encoder, None)
+        links = None
         if self.malicious is not None:
-            payload = self._attack_on_graph(payload, mixing)
-        if plan.aggregator is None:
+            if getattr(self.adversary.attack, "per_target", False):
+                links = self._targeted_links(payload, mixing)
+            else:
+                payload = self._attack_on_graph(payload, mixing)
+        if plan.aggregator is not None:
+            received = self._aggregate_on_graph(plan.aggregator, payload, mixing, links)
+        elif links is not None:
+            received = self._mix_with_links(mixing, payload, links)
+        else:
             received = {}
             for name, message in payload.items():
                 received[name] = torch.empty_like(message)
                 self._mix_rows(mixing, message, received[name])
-        else:
-            received = self._aggregate_on_graph(plan.aggregator, payload, mixing)
         args = [self.params, dict(self.node_state), received]
         if getattr(plan.combiner, "needs_key", False):
             args.append(node_keys(self.seed, "combine",
@@ -226,114 +233,6 @@ class Communication:
         self._per_node(plan.combiner.combine, None, args, (0,) * len(args),
                        lambda where, updates: self._write(updates, where))
         self._count_links(plan.routes or mixing, plan.encoder.nbytes(self.spec.dim))
-
-    def _neighbourhoods(self, mixing: Any) -> tuple[Tensor, Tensor]:
-        """Each local node's in-neighbours (other nodes it receives from), padded: global ids
-        ``[local, k]`` and a 0/1 mask, from the matrix's nonzeros (cached per matrix)."""
-        cached = self._neighbour_cache.get(id(mixing))
-        if cached is not None and cached[0] is mixing:
-            return cached[1], cached[2]
-        csr = mixing.matrix.to_sparse_csr()
-        crow, col = csr.crow_indices().cpu(), csr.col_indices().cpu()
-        lo, hi = self.first_node, self.last_node
-        rows = torch.repeat_interleave(torch.arange(hi - lo), crow[lo + 1 : hi + 1] - crow[lo:hi])
-        cols = col[crow[lo] : crow[hi]]
-        others = cols != rows + lo
-        rows, cols = rows[others], cols[others]
-        degree = torch.bincount(rows, minlength=hi - lo)
-        k = int(degree.max()) if len(degree) else 0
-        position = torch.arange(len(rows)) - (torch.cumsum(degree, 0) - degree)[rows]
-        index = torch.zeros(hi - lo, k, dtype=torch.int64)
-        mask = torch.zeros(hi - lo, k)
-        index[rows, position] = cols
-        mask[rows, position] = 1.0
-        index, mask = index.to(self.device), mask.to(self.device)
-        if len(self._neighbour_cache) > 4:  # time-varying graphs: a new matrix every round
-            self._neighbour_cache.clear()
-        self._neighbour_cache[id(mixing)] = (mixing, index, mask)
-        return index, mask
-
-    def _aggregate_on_graph(self, aggregator: Any, payload: dict[str, Tensor], mixing: Any
-                            ) -> dict[str, Tensor]:
-        """``r_i = f(m_i, [m_i, m_j for j in N_in(i)], mask)`` for every node and payload name
-        (all names at once for a ``joint`` rule), in blocks of receivers so memory stays
-        ``block x (k + 1) x d``; one receiver at a time for a rule that is not ``vectorized``."""
-        index, mask = self._neighbourhoods(mixing)
-        own_mask = torch.ones(len(index), 1, device=self.device)
-        full_mask = torch.cat([own_mask, mask], dim=1)
-        joint = getattr(aggregator, "joint", False)
-        groups = [list(payload)] if joint else [[name] for name in payload]
-        result: dict[str, Tensor] = {}
-        for names in groups:
-            everyone = {name: self._all_rows(payload[name], "a non-linear aggregation on a graph")
-                        for name in names}
-            out = {name: torch.empty_like(payload[name]) for name in names}
-            block = (1 if not getattr(aggregator, "vectorized", True)
-                     else self._comm_block(len(names) * (index.shape[1] + 3)))
-            for start in range(0, len(index), block):
-                stop = min(start + block, len(index))
-                own = {name: payload[name][start:stop] for name in names}
-                stack = {name: torch.cat([own[name].unsqueeze(1),
-                                          everyone[name][index[start:stop]]], dim=1)
-                         for name in names}
-                if block == 1:
-                    values = self._aggregate_one(aggregator, start, own, stack,
-                                                 full_mask[start], joint)
-                elif joint:
-                    values = vmap(aggregator)(own, stack, full_mask[start:stop])
-                else:
-                    values = {names[0]: vmap(aggregator)(own[names[0]], stack[names[0]],
-                                                         full_mask[start:stop])}
-                for name in names:
-                    out[name][start:stop] = values[name]
-            result.update(out)
-        return result
-
-    def _aggregate_one(self, aggregator: Any, row: int, own: dict, stack: dict, mask: Tensor,
-                       joint: bool) -> dict[str, Tensor]:
-        """A rule that is not vectorized, for one receiver (local row ``row``), with its own
-        samples when it asks for them."""
-        kwargs: dict[str, Any] = {}
-        wanted = int(getattr(aggregator, "needs_data", 0) or 0)
-        if wanted:
-            kwargs["batch"] = self._own_samples(row + self.first_node, wanted)
-        if joint:
-            values = aggregator({k: v[0] for k, v in own.items()},
-                                {k: v[0] for k, v in stack.items()}, mask, **kwargs)
-            return {k: v.unsqueeze(0) for k, v in values.items()}
-        name = next(iter(own))
-        return {name: aggregator(own[name][0], stack[name][0], mask, **kwargs).unsqueeze(0)}
-
-    def _own_samples(self, node: int, count: int) -> dict[str, Tensor]:
-        """Up to ``count`` of ``node``'s training samples, a random subset keyed by (seed, node,
-        round) without replacement."""
-        size = int(self.data.sizes[node])
-        table = self.data.index_table[node, :size]
-        keys = uniform(self.seed, "own-samples", torch.arange(size, device=self.device),
-                       node, self.round)
-        chosen = table[torch.argsort(keys)[: min(count, size)]]
-        dataset = self.data.dataset
-        return {"x": dataset.train_x[chosen], "y": dataset.train_y[chosen]}
-
-    def _attack_on_graph(self, payload: dict[str, Tensor], mixing: Any) -> dict[str, Tensor]:
-        """Malicious nodes' messages replaced by the attack, which sees its honest
-        in-neighbours' messages."""
-        lo, hi = self.first_node, self.last_node
-        bad = torch.nonzero(self.malicious[lo:hi]).flatten()
-        if len(bad) == 0:
-            return payload
-        index, mask = self._neighbourhoods(mixing)
-        honest = (~self.malicious)[index[bad]].to(mask.dtype) * mask[bad]
-        keys = node_keys(self.seed, "attack", bad + lo, self.round, self._plan_index)
-        attacked = {}
-        for name, message in payload.items():
-            everyone = self._all_rows(message, "an attack on a graph")
-            replaced = message.clone()
-            replaced[bad] = vmap(self.adversary.attack)(
-                message[bad], everyone[index[bad]], honest, keys
-            )
-            attacked[name] = replaced
-        return attacked
 
     # ------------------------------------------------------------ a server
 
@@ -406,40 +305,6 @@ class Communication:
         keys = torch.zeros(1, dtype=torch.int64, device=self.device)
         payload, _ = vmap(encoder.encode)(self.params[:1], probe, keys)
         return list(payload)
-
-    def _robust_server(self, aggregator: Any, payload: dict[str, Tensor] | None, m: int
-                       ) -> dict[str, Tensor]:
-        """The server's non-linear aggregate of the ``m`` uploads (with its model as ``own``)."""
-        own = self.server_state.get("params") if self.server_state else None
-        if own is None:
-            own = self.params[0]
-        result = {}
-        for name, stack in (payload or {}).items():
-            everyone = self._all_rows(stack, "a robust aggregation at a server")
-            mask = torch.ones(len(everyone), device=self.device)
-            result[name] = aggregator(own if name == "params" else torch.zeros_like(own),
-                                      everyone, mask)
-        return result
-
-    def _attack_at_server(self, payload: dict[str, Tensor], nodes: Tensor) -> dict[str, Tensor]:
-        """Malicious uploaders' messages replaced by the attack, which sees every honest
-        upload this round (an omniscient attacker)."""
-        bad_mask = self.malicious[nodes]
-        if not bool(bad_mask.any()):
-            return payload
-        bad = torch.nonzero(bad_mask).flatten()
-        keys = node_keys(self.seed, "attack", nodes[bad], self.round, self._plan_index)
-        attacked = {}
-        for name, stack in payload.items():
-            everyone = self._all_rows(stack, "an attack at a server")
-            honest = everyone[~bad_mask]
-            mask = torch.ones(len(honest), device=self.device)
-            replaced = stack.clone()
-            replaced[bad] = vmap(self.adversary.attack, in_dims=(0, None, None, 0))(
-                stack[bad], honest, mask, keys
-            )
-            attacked[name] = replaced
-        return attacked
 
 
 def _rows_of(value: Any, where: Any) -> Any:

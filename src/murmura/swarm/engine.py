@@ -18,6 +18,7 @@ steps and plans.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -175,6 +176,10 @@ class Simulation(LocalTraining, Communication, Measurement, OrderedData):
         self._check_aggregation()
         self.adversary = adversary
         self.malicious = self._place_adversary(adversary)
+        self._bind_defence()
+        # a data attack: the malicious nodes train on flipped labels y' = C - 1 - y
+        self._flipped = (self.malicious if adversary is not None
+                         and getattr(adversary.attack, "flips_labels", False) else None)
         self._plan_index = 0  # which plan of the round's sequence runs (keys its draws)
         self._round_total = 1
         self._neighbour_cache: dict[int, tuple] = {}
@@ -354,6 +359,19 @@ class Simulation(LocalTraining, Communication, Measurement, OrderedData):
         if adversary is None:
             return None
         return adversary.place(self.num_nodes, self.seed, self.topology).to(self.device)
+
+    def _bind_defence(self) -> None:
+        """An attack that adapts to the defence (``bind_defence(aggregator, f)``: the optimal
+        ALIE / IPM) learns the algorithm's aggregator (the plain mean without one) and how many
+        malicious nodes there are."""
+        attack = getattr(self.adversary, "attack", None)
+        if attack is None or not hasattr(attack, "bind_defence"):
+            return
+        from murmura.robust.aggregators import Average
+
+        defence = getattr(self.algorithm.communication, "aggregator", None) or Average()
+        self.adversary = dataclasses.replace(
+            self.adversary, attack=attack.bind_defence(defence, int(self.malicious.sum())))
 
     def _probe_model(self) -> int:
         """Run the model on two training samples: a clear error now instead of a shape error

@@ -123,7 +123,7 @@ class LocalTraining:
             if self._fused is not None:
                 correction = fused_correction(self.algorithm.local_rule, shared)
                 self._train_block_fused(X, state, plan, num_steps, alive, width, masked,
-                                        rows_identical, correction)
+                                        rows_identical, correction, nodes)
             else:
                 self._train_block_generic(X, {**state, **shared}, plan, num_steps, alive, width,
                                           masked, nodes, round_index)
@@ -191,7 +191,7 @@ class LocalTraining:
             param_views, state_views = views_for[m]
             index = index_all[:m, step, : width[step]]
             xb = self._gather(train_x, index).view(*index.shape, *feature)
-            yb = train_y[index]
+            yb = self._labels(train_y, index, nodes[:m])
             # the task's extras come first, then the state the rule reads, its key last
             # (docs/rules.md)
             keyed: tuple = ()
@@ -229,6 +229,16 @@ class LocalTraining:
                         p, grads[name], {k: v[name] for k, v in state_views.items()}, a
                     )
 
+    def _labels(self, labels: torch.Tensor, index: torch.Tensor, nodes: torch.Tensor | None
+                ) -> torch.Tensor:
+        """The labels a block's step trains on: flipped (``C - 1 - y``) for the malicious
+        nodes of a label-flipping adversary."""
+        y = labels[index]
+        if self._flipped is None or nodes is None:
+            return y
+        flipped = self._flipped[nodes].view(-1, *(1,) * (y.dim() - 1))
+        return torch.where(flipped, self.data.dataset.num_classes - 1 - y, y)
+
     def _gather(self, samples: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """``samples[index]`` (flattened index) into a buffer kept across steps: a fresh
         minibatch tensor every step costs page faults that cost more than the gather."""
@@ -243,7 +253,7 @@ class LocalTraining:
     def _train_block_fused(
         self, X: torch.Tensor, state: dict, plan: Any, num_steps: int, alive: list,
         width: list, masked: list, rows_identical: bool = False,
-        correction: torch.Tensor | None = None,
+        correction: torch.Tensor | None = None, nodes: torch.Tensor | None = None,
     ) -> None:
         """A block's local steps by the fused linear-SGD step (``correction``: the rows of a
         per-node vector the rule adds to every gradient, see ``fused_correction``). On the CPU
@@ -286,7 +296,8 @@ class LocalTraining:
                 kind: {name: buf[:m] for name, buf in bufs.items()} for kind, bufs in work.items()
             }
             extra = None if correction is None else self.spec.views(correction[:m])
-            self._fused(views["params"], xb.view(*index.shape, -1), dataset.train_y[index],
+            labels = self._labels(dataset.train_y, index, None if nodes is None else nodes[:m])
+            self._fused(views["params"], xb.view(*index.shape, -1), labels,
                         weight, views.get("momentum"), shared=rows_identical and step == 0,
                         correction=extra)
         if copied:
