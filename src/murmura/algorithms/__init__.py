@@ -7,6 +7,7 @@ from murmura.algorithms import (  # noqa: F401
     decentralized,
     dfedsam,
     dimat,
+    fedamd,
     fedau,
     federated,
     fedgela,
