@@ -1,6 +1,7 @@
 """Rules and the named algorithms composed from them (see docs/rules.md)."""
 
 # importing a module registers its algorithms in ALGORITHMS
+from murmura.active import kafal as _kafal  # noqa: F401  (registers kafal)
 from murmura.algorithms import (  # noqa: F401
     cbo,
     curriculum,
