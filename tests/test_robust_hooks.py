@@ -172,3 +172,36 @@ def test_attackers_can_sit_at_the_hubs_or_the_bridges():
         5, seed=0, topology=Path()).nonzero().flatten().tolist() == [2]
     with pytest.raises(ValueError, match="placement"):
         Adversary("sign_flip", count=1, placement="degree").place(6, seed=0)
+
+
+@dataclass(frozen=True)
+class ScalarScaled:
+    """An attack that cannot be vmapped (it reads a value with .item())."""
+
+    vectorized: bool = False
+
+    def __call__(self, own, honest, mask, key):
+        return -float(mask.sum().item()) * own
+
+
+def test_an_unvectorized_attack_runs_once_per_attacker():
+    data = federate("digits", num_nodes=6, partition="iid", seed=0)
+    sim = Simulation(data, "logreg", "fedavg", seed=0,
+                     adversary=Adversary(ScalarScaled(), count=2))
+    assert sim.run(rounds=1).final["bytes_sent_total"] > 0
+
+
+@dataclass(frozen=True)
+class SendInf:
+    def __call__(self, own, honest, mask, key):
+        return torch.full_like(own, float("inf"))
+
+
+def test_an_attackers_own_nonfinite_model_does_not_stop_the_run():
+    # each node keeps its own message: the attacker's row becomes its own inf
+    sim = ring(gossip(lambda own, received, mask: own), n=7,
+               adversary=Adversary(SendInf(), nodes=(0,)))
+    final = sim.run(rounds=2).final
+    assert not torch.isfinite(sim.params[0]).all()  # the attacker took its own inf
+    assert torch.isfinite(sim.params[1:]).all()
+    assert 0 <= final["honest_node_accuracy_min"] <= 1

@@ -246,6 +246,8 @@ class Measurement:
         # Checked on evaluation rounds and at the end of a run, not every round: it reads the
         # whole state, and a NaN, once there, spreads to every model it is averaged into.
         finite = torch.isfinite(self.params).all(dim=1)
+        if self.malicious is not None:  # an attacker's own model may be anything (Inf attacks)
+            finite |= self.malicious[self.first_node : self.last_node]
         bad_count = self._all_sum((~finite).sum(dtype=torch.float64).reshape(1))
         if float(bad_count) > 0:
             bad = (torch.nonzero(~finite).flatten()[:5] + self.first_node).tolist()

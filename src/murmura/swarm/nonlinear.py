@@ -22,6 +22,16 @@ from murmura.swarm.random import hash_keys, node_keys, uniform
 Tensor = torch.Tensor
 
 
+def per_attacker(attack: Any, in_dims: tuple, *args: Any) -> Tensor:
+    """``attack`` over a batch of attackers (or links): vmapped, or one call each for an attack
+    that is not ``vectorized`` (a line search against an unvectorized defence)."""
+    if getattr(attack, "vectorized", True):
+        return vmap(attack, in_dims=in_dims)(*args)
+    count = next(a.shape[0] for a, d in zip(args, in_dims) if d == 0)
+    return torch.stack([attack(*(a[i] if d == 0 else a for a, d in zip(args, in_dims)))
+                        for i in range(count)])
+
+
 class NonLinearCommunication:
     """The robust-aggregation and attack parts of :class:`~murmura.swarm.communication.
     Communication`."""
@@ -181,9 +191,8 @@ class NonLinearCommunication:
         for name, message in payload.items():
             everyone = self._all_rows(message, "an attack on a graph")
             replaced = message.clone()
-            replaced[bad] = vmap(self.adversary.attack)(
-                message[bad], everyone[index[bad]], honest, keys
-            )
+            replaced[bad] = per_attacker(self.adversary.attack, (0, 0, 0, 0), message[bad],
+                                         everyone[index[bad]], honest, keys)
             attacked[name] = replaced
         return attacked
 
@@ -213,9 +222,10 @@ class NonLinearCommunication:
         for name, message in payload.items():
             everyone = self._all_rows(message, "an attack on a graph")
             stacks = torch.cat([message[rows].unsqueeze(1), everyone[index[rows]]], dim=1)
-            sent = vmap(self.adversary.attack)(
-                everyone[senders], message[rows], stacks, weights[rows] * honest_rows[rows],
-                byzantine_weight[rows], honest_rows[rows], keys)
+            sent = per_attacker(
+                self.adversary.attack, (0,) * 7, everyone[senders], message[rows], stacks,
+                weights[rows] * honest_rows[rows], byzantine_weight[rows], honest_rows[rows],
+                keys)
             links[name] = (rows, positions, sent)
         return links
 
@@ -279,11 +289,12 @@ class NonLinearCommunication:
             if getattr(attack, "per_target", False):
                 target = (self.server_state or {}).get(name, stack.new_zeros(stack.shape[1]))
                 share = torch.full_like(mask, 1.0 / len(everyone))
-                replaced[bad] = vmap(attack, in_dims=(0, None, None, None, None, None, 0))(
-                    stack[bad], target, honest, share, share[0] * len(bad), mask, keys)
+                replaced[bad] = per_attacker(attack, (0, None, None, None, None, None, 0),
+                                             stack[bad], target, honest, share,
+                                             share[0] * len(bad), mask, keys)
             else:
-                replaced[bad] = vmap(attack, in_dims=(0, None, None, 0))(
-                    stack[bad], honest, mask, keys)
+                replaced[bad] = per_attacker(attack, (0, None, None, 0), stack[bad], honest,
+                                             mask, keys)
             attacked[name] = replaced
         return attacked
 
