@@ -15,11 +15,14 @@ endif
 install: $(STAMP)
 
 # torch first, pinned to the CPU wheel these machines carry: a bare `torch` requirement
-# with no torch importable would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# with no torch importable would pull a multi-GB CUDA build. ByzFL last, for the tests that
+# compare murmura's robust rules with it, without its declared dependencies: torchvision's
+# wheels do not load with the CPU torch (the tests load its aggregator and attack modules alone).
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps byzfl==0.0.11
 	touch $(STAMP)
 
 test: install

@@ -31,6 +31,7 @@ KINDS = {
     "models": "MODELS",
     "weights": "MIXING",
     "aggregators": "AGGREGATORS",
+    "pre-aggregators": "PREAGGREGATORS",
     "attacks": "ATTACKS",
     "compressors": "COMPRESSORS",
     "tasks": "TASKS",
@@ -244,6 +245,7 @@ def _supplied() -> dict[str, tuple[str, ...]]:
         "models": ModelChoice.supplied,
         "weights": (),  # mixing rules' parameters are not listed
         "aggregators": (),
+        "pre-aggregators": (),
         "attacks": (),
         "compressors": (),
         "tasks": (),
@@ -266,7 +268,7 @@ def registry_of(kind: str) -> Any:
 def list_(
     kind: Annotated[str | None, typer.Argument(
         help="algorithms, topologies, datasets, partitions, models, weights, aggregators, "
-        "attacks, compressors, tasks or blackbox (federated black-box optimizers, "
+        "pre-aggregators, attacks, compressors, tasks or blackbox (federated black-box optimizers, "
         "murmura.fed_minimize; default: all)")
     ] = None,
     import_: Annotated[list[str] | None, typer.Option(

@@ -160,9 +160,10 @@ def configuration_markdown() -> str:
             lines += ["", f"Static graphs also take `weights` (the mixing rule): {weights}; "
                       "default `metropolis`."]
         lines.append("")
-    lines += ["### Robustness, compression and tasks (`algorithm.aggregator`, "
-              "`adversary.attack`, `algorithm.compressor`, `task`)", ""]
-    for kind in ("aggregators", "attacks", "compressors", "tasks"):
+    lines += ["### Robustness, compression and tasks (`algorithm.aggregator` with its `pre` "
+              "list, `adversary.attack`, `algorithm.compressor`, `task`)", ""]
+    for kind in ("aggregators", "pre-aggregators", "attacks", "compressors", "tasks",
+                 "blackbox"):
         registry = registry_of(kind)
         lines += [f"`murmura list {kind}`:", "", "| name | description | parameters (defaults) |",
                   "|---|---|---|"]

@@ -1,18 +1,50 @@
-"""Robustness: aggregators and attacks, each a per-node function, and the adversary that places
-malicious nodes (see docs/rules.md)."""
+"""Robustness: aggregators, pre-aggregators and attacks, each a per-node function, the adversary
+that places malicious nodes (see docs/rules.md), and the same rules as a library on ``[n, d]``
+vectors (:func:`aggregate`, :func:`preaggregate`, :func:`attack`, ByzFL's parameter names)."""
 
 from murmura.robust.adversary import Adversary
 from murmura.robust.aggregators import (
     AGGREGATORS,
     Average,
-    Krum,
+    Meamed,
     Median,
     TrimmedMean,
     make_aggregator,
 )
-from murmura.robust.attacks import ATTACKS, Gaussian, SignFlip, make_attack
+from murmura.robust.attacks import (
+    ALIE,
+    ATTACKS,
+    IPM,
+    Gaussian,
+    Inf,
+    LabelFlip,
+    Mimic,
+    SignFlip,
+    make_attack,
+)
+from murmura.robust.centre_rules import CenteredClipping, GeometricMedian
+from murmura.robust.distance_rules import MDA, Krum, MoNNA, MultiKrum
+from murmura.robust.graph_attacks import Dissensus, Equivocation
+from murmura.robust.graph_rules import Bulyan, SelfCenteredClipping, bridge, minimum_neighbours
+from murmura.robust.library import aggregate, attack, preaggregate
+from murmura.robust.optimal_attacks import MinMax, MinSum, OptimalALIE, OptimalIPM
+from murmura.robust.preaggregators import (
+    ARC,
+    NNM,
+    PREAGGREGATORS,
+    Bucketing,
+    Chained,
+    Clipping,
+    make_preaggregator,
+)
+from murmura.robust.spectral_rules import CAF, SMEA
 
 __all__ = [
-    "AGGREGATORS", "ATTACKS", "Adversary", "Average", "Gaussian", "Krum", "Median", "SignFlip",
-    "TrimmedMean", "make_aggregator", "make_attack",
+    "AGGREGATORS", "ALIE", "ARC", "ATTACKS", "CAF", "IPM", "MDA", "NNM", "PREAGGREGATORS", "SMEA",
+    "Adversary", "Average", "Bucketing", "Bulyan", "CenteredClipping", "Chained", "Clipping",
+    "Dissensus", "Equivocation", "Gaussian", "GeometricMedian", "Inf", "Krum", "LabelFlip",
+    "Meamed", "Median", "Mimic", "MinMax", "MinSum", "MoNNA", "MultiKrum", "OptimalALIE",
+    "OptimalIPM", "SelfCenteredClipping", "SignFlip", "TrimmedMean", "aggregate", "attack",
+    "bridge", "make_aggregator", "make_attack", "make_preaggregator", "minimum_neighbours",
+    "preaggregate",
 ]
