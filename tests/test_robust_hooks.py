@@ -205,3 +205,23 @@ def test_an_attackers_own_nonfinite_model_does_not_stop_the_run():
     assert not torch.isfinite(sim.params[0]).all()  # the attacker took its own inf
     assert torch.isfinite(sim.params[1:]).all()
     assert 0 <= final["honest_node_accuracy_min"] <= 1
+
+
+def test_thin_neighbourhoods_are_warned_and_reported():
+    from murmura.robust.aggregators import TrimmedMean
+
+    data = federate("digits", num_nodes=8, partition="iid", seed=0)
+    with pytest.warns(UserWarning, match="fewer neighbours than TrimmedMean"):
+        sim = Simulation(data, "logreg", gossip(TrimmedMean(f=1)), "ring", seed=0,
+                         adversary=Adversary("sign_flip", nodes=(0,)))
+    # a ring gives every node 2 neighbours; tolerating f = 1 needs 2f + 1 = 3
+    assert len(sim.robustness_warnings) == 1 and "7 honest node(s)" in sim.robustness_warnings[0]
+    assert "(2 < 3)" in sim.robustness_warnings[0]
+    assert sim.summary()["robustness_warnings"] == sim.robustness_warnings
+    # two attackers on a complete graph: every honest node sees 2 > f = 1
+    with pytest.warns(UserWarning, match="more malicious neighbours"):
+        sim = Simulation(data, "logreg", gossip(TrimmedMean(f=1)), "complete", seed=0,
+                         adversary=Adversary("sign_flip", nodes=(0, 1)))
+    assert sim.robustness_warnings == [
+        "6 honest node(s) have more malicious neighbours than TrimmedMean's f = 1: "
+        "2 (2), 3 (2), 4 (2), 5 (2), 6 (2)"]

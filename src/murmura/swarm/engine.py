@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -177,6 +178,7 @@ class Simulation(LocalTraining, Communication, Measurement, OrderedData):
         self.adversary = adversary
         self.malicious = self._place_adversary(adversary)
         self._bind_defence()
+        self.robustness_warnings = self._check_neighbourhoods()
         # a data attack: the malicious nodes train on flipped labels y' = C - 1 - y
         self._flipped = (self.malicious if adversary is not None
                          and getattr(adversary.attack, "flips_labels", False) else None)
@@ -359,6 +361,46 @@ class Simulation(LocalTraining, Communication, Measurement, OrderedData):
         if adversary is None:
             return None
         return adversary.place(self.num_nodes, self.seed, self.topology).to(self.device)
+
+    def _check_neighbourhoods(self) -> list[str]:
+        """Honest graph nodes whose neighbourhood is too small for the robust rule to tolerate
+        its Byzantine neighbours (fewer than 2f + 1 for a trimmed mean, 4f + 2 for Bulyan, ...;
+        f is the rule's own or, without one, the node's count of malicious in-neighbours), or
+        that have more malicious neighbours than the rule's f: warned once, and kept in the
+        run's summary."""
+        rule = getattr(self.algorithm.communication, "aggregator", None)
+        if (rule is None or self.malicious is None or self.topology is None
+                or self.topology.time_varying):
+            return []
+        from murmura.robust.graph_rules import minimum_neighbours
+
+        adjacency = self.topology.mixing_at(0).matrix.to_dense().cpu() != 0
+        adjacency.fill_diagonal_(False)
+        bad = self.malicious.cpu()
+        degree = adjacency.sum(1)
+        byzantine = (adjacency & bad.unsqueeze(0)).sum(1)
+        tolerated = getattr(rule, "f", None)
+        notes = []
+        short, over = [], []
+        for node in torch.nonzero(~bad).flatten().tolist():
+            f = tolerated if tolerated is not None else int(byzantine[node])
+            need = minimum_neighbours(rule, int(f)) if f else None
+            if need is not None and int(degree[node]) < need:
+                short.append((node, int(degree[node]), need))
+            if tolerated is not None and int(byzantine[node]) > tolerated:
+                over.append((node, int(byzantine[node])))
+        name = type(rule).__name__
+        if short:
+            listed = ", ".join(f"{i} ({k} < {need})" for i, k, need in short[:5])
+            notes.append(f"{len(short)} honest node(s) have fewer neighbours than {name} needs "
+                         f"to tolerate their Byzantine neighbours: {listed}")
+        if over:
+            listed = ", ".join(f"{i} ({b})" for i, b in over[:5])
+            notes.append(f"{len(over)} honest node(s) have more malicious neighbours than "
+                         f"{name}'s f = {tolerated}: {listed}")
+        for note in notes:
+            warnings.warn(note, stacklevel=3)
+        return notes
 
     def _bind_defence(self) -> None:
         """An attack that adapts to the defence (``bind_defence(aggregator, f)``: the optimal
@@ -586,6 +628,7 @@ class Simulation(LocalTraining, Communication, Measurement, OrderedData):
             "task": self.task.name,
             "malicious_nodes": (None if self.malicious is None
                                 else torch.nonzero(self.malicious).flatten().tolist()),
+            "robustness_warnings": self.robustness_warnings,
         }
 
     @property
