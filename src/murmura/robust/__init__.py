@@ -24,6 +24,7 @@ from murmura.robust.attacks import (
 )
 from murmura.robust.centre_rules import CenteredClipping, GeometricMedian
 from murmura.robust.distance_rules import MDA, Krum, MoNNA, MultiKrum
+from murmura.robust.flag import FlagAggregator
 from murmura.robust.graph_attacks import Dissensus, Equivocation
 from murmura.robust.graph_rules import Bulyan, SelfCenteredClipping, bridge, minimum_neighbours
 from murmura.robust.library import aggregate, attack, preaggregate
@@ -42,7 +43,8 @@ from murmura.robust.spectral_rules import CAF, SMEA
 __all__ = [
     "AGGREGATORS", "ALIE", "ARC", "ATTACKS", "CAF", "IPM", "MDA", "NNM", "PREAGGREGATORS", "SMEA",
     "Adversary", "Average", "Bucketing", "Bulyan", "CenteredClipping", "Chained", "Clipping",
-    "Dissensus", "Equivocation", "Gaussian", "GeometricMedian", "Inf", "Krum", "LabelFlip",
+    "Dissensus", "Equivocation", "FlagAggregator", "Gaussian", "GeometricMedian", "Inf", "Krum",
+    "LabelFlip",
     "Meamed", "Median", "Mimic", "MinMax", "MinSum", "MoNNA", "MultiKrum", "OptimalALIE",
     "OptimalIPM", "SelfCenteredClipping", "SignFlip", "TrimmedMean", "aggregate", "attack",
     "bridge", "make_aggregator", "make_attack", "make_preaggregator", "minimum_neighbours",
