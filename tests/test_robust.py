@@ -32,7 +32,8 @@ from murmura.swarm import Evaluation, Simulation
 from murmura.swarm.random import key_normal, node_keys
 
 NO_EVAL = Evaluation(every=0)
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "specs" / "byzfl_reference.json"
+# ByzFL 0.0.11's own outputs, copied from shared/specs/byzfl_reference.json
+REFERENCE = Path(__file__).resolve().parent / "artifacts" / "byzfl_reference.json"
 
 
 def stack(rng: np.random.Generator, k: int, d: int, offset: float = 5.0) -> np.ndarray:

@@ -37,7 +37,8 @@ from murmura.robust import (
 from murmura.robust.aggregators import check_messages
 from murmura.swarm import Evaluation, Simulation
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "specs" / "byzfl_reference.json"
+# ByzFL 0.0.11's own outputs, copied from shared/specs/byzfl_reference.json
+REFERENCE = Path(__file__).resolve().parent / "artifacts" / "byzfl_reference.json"
 BYZFL = {"Average": Average, "Median": Median, "TrMean": TrimmedMean,
          "GeometricMedian": GeometricMedian, "Krum": Krum, "MultiKrum": MultiKrum,
          "CenteredClipping": CenteredClipping, "MDA": MDA, "MoNNA": MoNNA, "Meamed": Meamed,

@@ -23,7 +23,8 @@ from murmura.robust.graph_attacks import Dissensus, Equivocation
 from murmura.robust.optimal_attacks import MinMax, MinSum, OptimalALIE, OptimalIPM
 from murmura.swarm import Evaluation, Simulation
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "specs" / "byzfl_reference.json"
+# ByzFL 0.0.11's own outputs, copied from shared/specs/byzfl_reference.json
+REFERENCE = Path(__file__).resolve().parent / "artifacts" / "byzfl_reference.json"
 KEY = torch.tensor(0)
 
 # ByzFL 0.0.11's outputs on H (robust.md §1.5; also in byzfl_reference.json, compared below),

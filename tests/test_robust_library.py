@@ -43,7 +43,8 @@ from murmura.robust import (
 from murmura.robust.aggregators import Median, TrimmedMean, check_messages
 from murmura.robust.library import BYZFL_NAMES
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "specs" / "byzfl_reference.json"
+# ByzFL 0.0.11's own outputs, copied from shared/specs/byzfl_reference.json
+REFERENCE = Path(__file__).resolve().parent / "artifacts" / "byzfl_reference.json"
 REF = json.loads(REFERENCE.read_text()) if REFERENCE.exists() else None
 X = np.array([[1., 2., 3.], [4., 5., 6.], [7., 8., 9.], [.5, -1., 2.], [10., -10., 0.],
               [2., 2., 2.], [-3., 1., 4.]])
@@ -805,3 +806,11 @@ def test_random_aggregators_caf_and_smea_are_left_to_statistical_tests():
         if BYZFL_NAMES[name] in AGGREGATORS:
             out = aggregate(name, X, f=1)
             assert np.isfinite(out).all() and out.shape == (3,)
+
+
+SHARED_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "specs" / "byzfl_reference.json"
+
+
+@pytest.mark.skipif(not SHARED_REFERENCE.exists(), reason="no shared/specs next to this checkout")
+def test_the_reference_copy_is_the_specs_file():
+    assert json.loads(REFERENCE.read_text()) == json.loads(SHARED_REFERENCE.read_text())
