@@ -33,7 +33,7 @@ from murmura.swarm.random import key_normal, node_keys
 
 NO_EVAL = Evaluation(every=0)
 # ByzFL 0.0.11's own outputs, copied from shared/specs/byzfl_reference.json
-REFERENCE = Path(__file__).resolve().parent / "artifacts" / "byzfl_reference.json"
+REFERENCE = Path(__file__).resolve().parent / "data" / "byzfl_reference.json"
 
 
 def stack(rng: np.random.Generator, k: int, d: int, offset: float = 5.0) -> np.ndarray:

@@ -38,7 +38,7 @@ from murmura.robust.aggregators import check_messages
 from murmura.swarm import Evaluation, Simulation
 
 # ByzFL 0.0.11's own outputs, copied from shared/specs/byzfl_reference.json
-REFERENCE = Path(__file__).resolve().parent / "artifacts" / "byzfl_reference.json"
+REFERENCE = Path(__file__).resolve().parent / "data" / "byzfl_reference.json"
 BYZFL = {"Average": Average, "Median": Median, "TrMean": TrimmedMean,
          "GeometricMedian": GeometricMedian, "Krum": Krum, "MultiKrum": MultiKrum,
          "CenteredClipping": CenteredClipping, "MDA": MDA, "MoNNA": MoNNA, "Meamed": Meamed,

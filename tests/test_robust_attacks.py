@@ -24,7 +24,7 @@ from murmura.robust.optimal_attacks import MinMax, MinSum, OptimalALIE, OptimalI
 from murmura.swarm import Evaluation, Simulation
 
 # ByzFL 0.0.11's own outputs, copied from shared/specs/byzfl_reference.json
-REFERENCE = Path(__file__).resolve().parent / "artifacts" / "byzfl_reference.json"
+REFERENCE = Path(__file__).resolve().parent / "data" / "byzfl_reference.json"
 KEY = torch.tensor(0)
 
 # ByzFL 0.0.11's outputs on H (robust.md §1.5; also in byzfl_reference.json, compared below),

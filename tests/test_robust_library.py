@@ -44,7 +44,7 @@ from murmura.robust.aggregators import Median, TrimmedMean, check_messages
 from murmura.robust.library import BYZFL_NAMES
 
 # ByzFL 0.0.11's own outputs, copied from shared/specs/byzfl_reference.json
-REFERENCE = Path(__file__).resolve().parent / "artifacts" / "byzfl_reference.json"
+REFERENCE = Path(__file__).resolve().parent / "data" / "byzfl_reference.json"
 REF = json.loads(REFERENCE.read_text()) if REFERENCE.exists() else None
 X = np.array([[1., 2., 3.], [4., 5., 6.], [7., 8., 9.], [.5, -1., 2.], [10., -10., 0.],
               [2., 2., 2.], [-3., 1., 4.]])
