@@ -28,7 +28,7 @@ from murmura.robust.graph_rules import (
 )
 from murmura.swarm import Evaluation, Simulation
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "specs" / "byzfl_reference.json"
+REFERENCE = Path(__file__).resolve().parent / "data" / "byzfl_reference.json"  # ByzFL's outputs
 PROPERTY = dict(max_examples=25, deadline=None, derandomize=True, database=None)
 
 
