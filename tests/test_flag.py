@@ -323,3 +323,13 @@ def test_an_unprepared_start_under_vmap_is_a_clear_error():
         vmap(rule)(torch.zeros(2, 5), torch.ones(2, 3, 5), torch.ones(2, 3))
     rule.prepare(5)
     assert vmap(rule)(torch.zeros(2, 5), torch.ones(2, 3, 5), torch.ones(2, 3)).shape == (2, 5)
+
+
+def test_the_library_aggregates_the_vectors_themselves():
+    from murmura.robust import aggregate
+
+    g = torch.tensor([[1.0, 0.0], [1.0, 0.1], [1.0, -0.1]])
+    direct = aggregate("flag", g)
+    relative_to_nothing = aggregate("flag", g, own=torch.zeros(2))
+    assert torch.allclose(direct, relative_to_nothing)
+    assert float(direct[0]) > 0.5 and abs(float(direct[1])) < 0.1  # the common direction

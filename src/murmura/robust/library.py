@@ -188,7 +188,8 @@ def aggregate(name: str, vectors: Any, *, pre_agg_list: Any = None, own: Any = N
 def _own(name: str, x: Tensor, rows: Tensor, mask: Tensor, own: Any, params: dict) -> Tensor:
     """The receiver's own vector: ``own``; else ByzFL's pivot ``rows[idx]`` (after the
     pre-aggregators, as ByzFL's MoNNA sees them); else CenteredClipping's start ``m`` (zeros
-    on its first call); else ``vectors[0]``."""
+    on its first call); zeros for ``flag`` (the paper's FA on the vectors as given); else
+    ``vectors[0]``."""
     if own is not None:
         return _matrix(_as_rows(own), "own")[0][0].to(x)
     if "idx" in params or name == "monna":
@@ -200,6 +201,8 @@ def _own(name: str, x: Tensor, rows: Tensor, mask: Tensor, own: Any, params: dic
     if name == "centered_clipping" or "m" in params:
         m = params.get("m")
         return torch.zeros_like(x[0]) if m is None else _matrix(_as_rows(m), "m")[0][0].to(x)
+    if name == "flag":  # the paper's FA aggregates the vectors themselves (gradients)
+        return torch.zeros_like(x[0])
     return x[0]
 
 
