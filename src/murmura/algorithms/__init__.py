@@ -14,6 +14,7 @@ from murmura.algorithms import (  # noqa: F401
     fedgela,
     fedspeed,
     modest,
+    monna,
     named,
     ocfl,
     spsa,
