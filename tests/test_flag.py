@@ -333,3 +333,15 @@ def test_the_library_aggregates_the_vectors_themselves():
     relative_to_nothing = aggregate("flag", g, own=torch.zeros(2))
     assert torch.allclose(direct, relative_to_nothing)
     assert float(direct[0]) > 0.5 and abs(float(direct[1])) < 0.1  # the common direction
+
+
+def test_an_attacker_aggregating_its_own_inf_does_not_stop_the_run():
+    from murmura.data import federate
+    from murmura.robust import Adversary
+    from murmura.swarm import Simulation
+
+    data = federate("digits", 12, seed=0)
+    sim = Simulation(data, "logreg", "dsgd", "random_regular", topology_kwargs={"k": 4},
+                     algorithm_kwargs={"aggregator": "flag", "local_steps": 1},
+                     adversary=Adversary("inf", count=2), seed=0)
+    assert 0 <= sim.run(rounds=2).final["honest_node_accuracy_mean"] <= 1

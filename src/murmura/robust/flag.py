@@ -170,7 +170,9 @@ class FlagAggregator:
         base = own if self.relative_to_own else torch.zeros_like(own)
         g = received - base
         norm = g.norm(dim=-1)
-        valid = usable_rows(received, mask) & (norm > 0)
+        # a non-finite own model (an attacker's, aggregating its own Inf) makes every update
+        # non-finite: no row then takes part
+        valid = usable_rows(received, mask) & torch.isfinite(norm) & (norm > 0)
         x = torch.where(valid.unsqueeze(-1), g / norm.clamp_min(1e-12).unsqueeze(-1), 0.0)
         v = valid.to(torch.float64)
         p = v.sum()
