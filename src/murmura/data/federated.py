@@ -157,12 +157,13 @@ class FederatedData:
                 f"label counts need one class label per sample; {self.dataset.name!r} has "
                 f"targets of shape {tuple(labels.shape[1:])} per sample"
             )
-        counts = torch.zeros(self.num_nodes, self.dataset.num_classes, dtype=torch.float32)
-        for i, part in enumerate(self.parts):
-            counts[i] = torch.bincount(labels[torch.as_tensor(part)],
-                                       minlength=self.dataset.num_classes)[
-                                           : self.dataset.num_classes].float()
-        return counts
+        classes = self.dataset.num_classes
+        table, sizes = self.index_table.cpu(), self.sizes.cpu()
+        valid = torch.arange(table.shape[1]) < sizes.unsqueeze(1)  # padding is not a sample
+        node = torch.arange(self.num_nodes).unsqueeze(1).expand_as(table)
+        cell = (node * classes + labels[table])[valid]
+        return torch.bincount(cell, minlength=self.num_nodes * classes).view(
+            self.num_nodes, classes).to(torch.float32)
 
     def stats(self) -> dict[str, Any]:
         """:func:`murmura.data.partition_stats` of this split."""

@@ -374,29 +374,37 @@ class Simulation(LocalTraining, Communication, Measurement, OrderedData):
             return []
         from murmura.robust.graph_rules import minimum_neighbours
 
-        adjacency = self.topology.mixing_at(0).matrix.to_dense().cpu() != 0
-        adjacency.fill_diagonal_(False)
+        # the graph's edges from the sparse matrix: a dense n x n copy would not fit at scale
+        csr = self.topology.mixing_at(0).matrix.to_sparse_csr()
+        crow, sender = csr.crow_indices().cpu(), csr.col_indices().cpu()
+        receiver = torch.repeat_interleave(torch.arange(len(crow) - 1), crow.diff())
+        keep = receiver != sender
+        receiver, sender = receiver[keep], sender[keep]
         bad = self.malicious.cpu()
-        degree = adjacency.sum(1)
-        byzantine = (adjacency & bad.unsqueeze(0)).sum(1)
+        n = self.num_nodes
+        degree = torch.bincount(receiver, minlength=n)
+        byzantine = torch.bincount(receiver[bad[sender]], minlength=n)
         tolerated = getattr(rule, "f", None)
+        f = byzantine if tolerated is None else torch.full((n,), int(tolerated))
+        need = torch.zeros(n, dtype=torch.int64)
+        for value in f.unique().tolist():  # one lookup per distinct f, not per node
+            wanted = minimum_neighbours(rule, int(value)) if value else None
+            need[f == value] = 0 if wanted is None else wanted
+        honest = ~bad
+        short_nodes = torch.nonzero(honest & (degree < need)).flatten().tolist()
+        short = [(i, int(degree[i]), int(need[i])) for i in short_nodes[:5]]
+        over_nodes = ([] if tolerated is None else
+                      torch.nonzero(honest & (byzantine > tolerated)).flatten().tolist())
+        over = [(i, int(byzantine[i])) for i in over_nodes[:5]]
         notes = []
-        short, over = [], []
-        for node in torch.nonzero(~bad).flatten().tolist():
-            f = tolerated if tolerated is not None else int(byzantine[node])
-            need = minimum_neighbours(rule, int(f)) if f else None
-            if need is not None and int(degree[node]) < need:
-                short.append((node, int(degree[node]), need))
-            if tolerated is not None and int(byzantine[node]) > tolerated:
-                over.append((node, int(byzantine[node])))
         name = type(rule).__name__
-        if short:
-            listed = ", ".join(f"{i} ({k} < {need})" for i, k, need in short[:5])
-            notes.append(f"{len(short)} honest node(s) have fewer neighbours than {name} needs "
-                         f"to tolerate their Byzantine neighbours: {listed}")
-        if over:
-            listed = ", ".join(f"{i} ({b})" for i, b in over[:5])
-            notes.append(f"{len(over)} honest node(s) have more malicious neighbours than "
+        if short_nodes:
+            listed = ", ".join(f"{i} ({k} < {wanted})" for i, k, wanted in short)
+            notes.append(f"{len(short_nodes)} honest node(s) have fewer neighbours than {name} "
+                         f"needs to tolerate their Byzantine neighbours: {listed}")
+        if over_nodes:
+            listed = ", ".join(f"{i} ({b})" for i, b in over)
+            notes.append(f"{len(over_nodes)} honest node(s) have more malicious neighbours than "
                          f"{name}'s f = {tolerated}: {listed}")
         for note in notes:
             warnings.warn(note, stacklevel=3)
