@@ -122,11 +122,20 @@ def test_mimic_copies_the_epsilon_th_honest_row_it_sees():
 
 def test_label_flip_flips_labels_and_sends_its_own_message():
     y = torch.tensor([0, 3, 9])
-    assert LabelFlip.flip(y, 10).tolist() == [9, 6, 0]
+    assert LabelFlip().flip(y, 10).tolist() == [9, 6, 0]
+    assert LabelFlip(shift=1).flip(y, 10).tolist() == [1, 4, 0]
+    assert LabelFlip(shift=-1).flip(y, 10).tolist() == [9, 2, 8]
+    assert LabelFlip(pairs=[[0, 1], [1, 0]]).flip(torch.tensor([0, 1, 3]), 10).tolist() == [1, 0, 3]
     own = torch.tensor([7.0, -1.0])
     assert torch.equal(LabelFlip()(own, torch.zeros(3, 2), torch.ones(3), KEY), own)
     with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
-        LabelFlip.flip(y, 1)
+        LabelFlip().flip(y, 1)
+    with pytest.raises(ValueError, match="outside"):
+        LabelFlip(pairs=[[0, 12]]).flip(y, 10)
+    with pytest.raises(ValueError, match="at most once"):
+        LabelFlip(pairs=[[0, 1], [0, 2]])
+    with pytest.raises(ValueError, match="shift or pairs"):
+        LabelFlip(shift=1, pairs=[[0, 1]])
 
 
 # ---------------------------------------------------------------------------------------------

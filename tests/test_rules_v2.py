@@ -216,7 +216,7 @@ def test_conflicting_node_state_declarations_are_an_error():
 
     with pytest.raises(ValueError, match="'params' is the model, not a state name"):
         Simulation(digits(), "logreg", algorithm(DeclaresTheModel(0.1)), evaluation=NO_EVAL)
-    with pytest.raises(ValueError, match="init must be 'zeros' or 'params'"):
+    with pytest.raises(ValueError, match="init must be 'zeros', 'params' or a number"):
         NodeState("ones")
     with pytest.raises(ValueError, match="reset must be 'never' or 'round'"):
         NodeState("zeros", "epoch")

@@ -18,6 +18,7 @@ from murmura.algorithms import (  # noqa: F401
     named,
     ocfl,
     spsa,
+    sybilwall,
     variance_corrected,
 )
 from murmura.algorithms.base import (

@@ -13,6 +13,8 @@ engine runs each for every node at once and counts every message from the plan's
 * :class:`ServerStep` is the star: clients upload an encoded message, the server aggregates it
   (weighted mean, or an :class:`Aggregator`), its :class:`ServerRule` updates the server's state
   and decides what it broadcasts.
+* :class:`ShareRows` moves rows of per-peer tables between neighbours (a node gossiping what
+  it knows about distant peers).
 
 Every per-node function here is written for ONE node (``[d]`` vectors, a scalar ``key``); the
 engine ``vmap``s it over blocks of nodes. The same function runs unvectorized in a real peer.
@@ -20,7 +22,7 @@ engine ``vmap``s it over blocks of nodes. The same function runs unvectorized in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
@@ -40,21 +42,57 @@ Vectors = dict[str, Tensor]
 
 @dataclass(frozen=True)
 class NodeState:
-    """A per-node vector laid out like the parameters, declared by a rule under a name.
+    """Per-node state a rule declares under a name: by default a vector laid out like the
+    parameters.
 
-    ``init``: ``"zeros"``, or ``"params"`` (a copy of the node's model). ``reset``: ``"never"``, or
-    ``"round"`` (re-initialized at the start of every round, for that round's participants only:
-    the model a client started its round from is ``NodeState("params", "round")``). Rules of one
-    algorithm that declare the same name share the vector (they must declare it alike)."""
+    ``init``: ``"zeros"``, ``"params"`` (a copy of the node's model), or a number every entry
+    starts at. ``reset``: ``"never"``, or ``"round"`` (re-initialized at the start of every round,
+    for that round's participants only: the model a client started its round from is
+    ``NodeState("params", "round")``). ``shape``: each node's tensor, from ``"d"`` (the number of
+    parameters), ``"n"`` (the number of nodes: one entry per peer the node may know of) and
+    integers; ``("n", "d")`` is a table with one parameter-sized row per peer (SybilWall's update
+    histories), ``("n",)`` one number per peer. Only parameter-shaped state reaches the local
+    rule; tables are for communication rules. Rules of one algorithm that declare the same name
+    share it (they must declare it alike).
 
-    init: Literal["zeros", "params"] = "zeros"
+    >>> NodeState(float("inf"), shape=("n",)).size(num_nodes=4, dim=10)
+    (4,)
+    """
+
+    init: Literal["zeros", "params"] | float = "zeros"
     reset: Literal["never", "round"] = "never"
+    shape: tuple[str | int, ...] = ("d",)
 
     def __post_init__(self) -> None:
-        if self.init not in ("zeros", "params"):
-            raise ValueError(f"node state init must be 'zeros' or 'params', got {self.init!r}")
+        numeric = isinstance(self.init, (int, float)) and not isinstance(self.init, bool)
+        if self.init not in ("zeros", "params") and not numeric:
+            raise ValueError(f"node state init must be 'zeros', 'params' or a number, got "
+                             f"{self.init!r}")
         if self.reset not in ("never", "round"):
             raise ValueError(f"node state reset must be 'never' or 'round', got {self.reset!r}")
+        shape = tuple(self.shape)
+        if any(not (e in ("n", "d") or (isinstance(e, int) and not isinstance(e, bool)
+                                        and e > 0)) for e in shape):
+            raise ValueError(f"node state shape entries must be 'n', 'd' or positive integers, "
+                             f"got {self.shape!r}")
+        if self.init == "params" and shape != ("d",):
+            raise ValueError(f"node state init='params' copies the model, so its shape must be "
+                             f"('d',), got {shape!r}")
+        object.__setattr__(self, "shape", shape)
+
+    @property
+    def like_params(self) -> bool:
+        """Whether it is one parameter-shaped vector per node (what local rules may read)."""
+        return self.shape == ("d",)
+
+    @property
+    def fill(self) -> float:
+        """The value a ``zeros`` or numeric ``init`` starts every entry at."""
+        return 0.0 if self.init in ("zeros", "params") else float(self.init)
+
+    def size(self, num_nodes: int, dim: int) -> tuple[int, ...]:
+        """One node's tensor shape in a swarm of ``num_nodes`` with ``dim`` parameters."""
+        return tuple(num_nodes if e == "n" else dim if e == "d" else e for e in self.shape)
 
 
 def declared_state(*rules: object) -> dict[str, NodeState]:
@@ -123,7 +161,12 @@ class Aggregator(Protocol):
     * ``vectorized = False``: the engine calls it once per receiver instead of ``vmap`` (a
       solver on the CPU, such as DIMAT's assignment); with ``needs_data = m`` it also gets
       ``batch={"x", "y"}``, up to ``m`` of the receiver's own training samples drawn for the
-      round (keyed by (seed, node, round), like every draw)."""
+      round (keyed by (seed, node, round), like every draw).
+    * ``needs_round = True``: it gets the round number (after a key it asks for).
+    * ``node_state`` (a mapping of names to :class:`NodeState`): the rule keeps per-node state.
+      It then also gets ``ids[k]`` (the global ids of the rows of ``received``, its own first)
+      and ``state`` (its slices of those names) as its last two arguments and returns
+      ``(result, updates)``, new values of its state (SybilWall's per-peer histories)."""
 
     def __call__(self, own: Tensor, received: Tensor, mask: Tensor) -> Tensor: ...
 
@@ -275,6 +318,32 @@ class ServerStep:
 
 
 @dataclass(frozen=True)
+class ShareRows:
+    """Each node sends each out-neighbour in ``matrix`` one row of its per-peer tables (node
+    state shaped ``("n", ...)``), chosen per link, and each receiver merges what it got:
+    SybilWall's gossip of peer histories.
+
+    * ``pick(state, sender, receiver, key) -> row`` runs for every link: ``state`` holds the
+      sender's ``reads`` (its per-peer tables, e.g. distances), ``sender`` and ``receiver`` are
+      node ids, ``key`` is keyed by (seed, sender, round, plan, receiver); it returns the peer
+      (row) to send, or ``-1`` for nothing.
+    * The engine sends row ``row`` of each table in ``sends``; ``merge(state, rows, peers,
+      senders, mask) -> updates`` then runs for every receiver, with ``rows[name]`` ``[k, ...]``
+      over its in-neighbour slots, ``peers`` the rows they sent, ``senders`` their ids and
+      ``mask`` 1 where a row arrived. Its updates are new values of the receiver's state.
+    * ``nbytes(d)`` is the size of one row as sent; only links that send something count.
+
+    Malicious nodes send nothing in this plan (SybilWall's Sybils do not gossip)."""
+
+    matrix: MixingMatrix
+    pick: Callable[..., Tensor]
+    merge: Callable[..., Vectors]
+    reads: tuple[str, ...]
+    sends: tuple[str, ...]
+    nbytes: Callable[[int], int]
+
+
+@dataclass(frozen=True)
 class Control:
     """Control traffic that moves no tensor (pings and pongs, membership adverts): ``sent`` and
     ``received`` are float ``[n]`` bytes per node, added to the ledgers as they are."""
@@ -283,4 +352,4 @@ class Control:
     received: Tensor
 
 
-Plan = Mix | Average | Exchange | ServerStep | Control | None
+Plan = Mix | Average | Exchange | ServerStep | ShareRows | Control | None

@@ -153,6 +153,11 @@ class Gossip:
             if isinstance(value, bool) or int(value) != value or value < low:
                 raise ValueError(f"gossip: {name} must be an integer >= {low}, got {value!r}")
 
+    @property
+    def node_state(self) -> dict:
+        """What a stateful aggregator keeps per node (SybilWall's records)."""
+        return dict(getattr(self.aggregator, "node_state", None) or {})
+
     def plan(self, ctx: RoundContext, participants, topology, sizes) -> Plan | list[Plan]:
         if topology is None:
             raise ValueError("gossip needs a topology: pass topology='ring' (or another graph)")

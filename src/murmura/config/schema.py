@@ -404,16 +404,20 @@ class AdversaryConfig(Section):
     fraction: float | None = Field(None, gt=0, lt=1, description="fraction of nodes malicious")
     count: int | None = Field(None, ge=1, description="number of malicious nodes")
     nodes: list[int] | None = Field(None, description="the malicious nodes' ids")
-    placement: Literal["random"] = Field(
-        "random", description="how malicious nodes are chosen: random (drawn by seed)"
+    placement: Literal["random", "degree", "betweenness", "attached"] = Field(
+        "random", description="how malicious nodes are chosen: random (drawn by seed), degree "
+        "(best connected), betweenness (bridges), attached (the nodes the 'attached' topology "
+        "added)"
     )
+    sybils: bool = Field(False, description="the malicious nodes are Sybil identities of one "
+                         "attacker: all send the first one's message")
 
     def build(self) -> Any:
         from murmura.robust import Adversary
 
         return Adversary(self.attack, fraction=self.fraction, count=self.count,
                          nodes=None if self.nodes is None else tuple(self.nodes),
-                         placement=self.placement)
+                         placement=self.placement, sybils=self.sybils)
 
 
 class OutputConfig(Section):

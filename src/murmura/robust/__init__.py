@@ -22,6 +22,7 @@ from murmura.robust.attacks import (
     SignFlip,
     make_attack,
 )
+from murmura.robust.bristle import Bristle, frozen_features
 from murmura.robust.centre_rules import CenteredClipping, GeometricMedian
 from murmura.robust.distance_rules import MDA, Krum, MoNNA, MultiKrum
 from murmura.robust.flag import FlagAggregator
@@ -39,14 +40,18 @@ from murmura.robust.preaggregators import (
     make_preaggregator,
 )
 from murmura.robust.spectral_rules import CAF, SMEA
+from murmura.robust.sybilwall import HistoryGossip, SybilWall, foolsgold_weights
 
 __all__ = [
     "AGGREGATORS", "ALIE", "ARC", "ATTACKS", "CAF", "IPM", "MDA", "NNM", "PREAGGREGATORS", "SMEA",
-    "Adversary", "Average", "Bucketing", "Bulyan", "CenteredClipping", "Chained", "Clipping",
-    "Dissensus", "Equivocation", "FlagAggregator", "Gaussian", "GeometricMedian", "Inf", "Krum",
+    "Adversary", "Average", "Bristle", "Bucketing", "Bulyan", "CenteredClipping", "Chained",
+    "Clipping",
+    "Dissensus", "Equivocation", "FlagAggregator", "Gaussian", "GeometricMedian",
+    "HistoryGossip", "Inf", "Krum",
     "LabelFlip",
     "Meamed", "Median", "Mimic", "MinMax", "MinSum", "MoNNA", "MultiKrum", "OptimalALIE",
-    "OptimalIPM", "SelfCenteredClipping", "SignFlip", "TrimmedMean", "aggregate", "attack",
-    "bridge", "make_aggregator", "make_attack", "make_preaggregator", "minimum_neighbours",
-    "preaggregate",
+    "OptimalIPM", "SelfCenteredClipping", "SignFlip", "SybilWall", "TrimmedMean", "aggregate",
+    "attack", "foolsgold_weights",
+    "bridge", "frozen_features", "make_aggregator", "make_attack", "make_preaggregator",
+    "minimum_neighbours", "preaggregate",
 ]

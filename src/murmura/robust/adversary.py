@@ -10,7 +10,7 @@ import torch
 from murmura.robust.attacks import make_attack
 from murmura.swarm.random import uniform
 
-PLACEMENTS = ("random", "degree", "betweenness")
+PLACEMENTS = ("random", "degree", "betweenness", "attached")
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,12 @@ class Adversary:
     takes the best-connected nodes of the graph, ``"betweenness"`` the bridges and bottlenecks
     (highest betweenness centrality, networkx's; ties broken by node id). ``placement`` may also
     be a rule of your own, ``placement(count, num_nodes, seed, topology) -> node ids``.
+    ``placement="attached"`` takes the nodes the ``attached`` topology added to its base graph:
+    leaves hanging on a target node, or identities wired to a few random honest nodes.
+
+    ``sybils=True``: the malicious nodes are identities of ONE attacker (Sybils), so every one
+    of them sends the message of the first (lowest id), computed by the attack as usual (for
+    ``label_flip``, what that node trained on its flipped data).
 
     >>> adv = Adversary("sign_flip", fraction=0.25)
     >>> int(adv.place(8, seed=0).sum())
@@ -32,9 +38,17 @@ class Adversary:
     count: int | None = None
     nodes: tuple[int, ...] | None = None
     placement: Any = "random"
+    sybils: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attack", make_attack(self.attack))
+        if not isinstance(self.sybils, bool):
+            raise ValueError(f"adversary: sybils must be true or false, got {self.sybils!r}")
+        if self.sybils and getattr(self.attack, "per_target", False):
+            raise ValueError(
+                f"adversary: Sybil identities send one message, and "
+                f"{type(self.attack).__name__} sends a different one per link; drop sybils or "
+                "choose another attack")
         given = [x is not None for x in (self.fraction, self.count, self.nodes)]
         if sum(given) != 1:
             raise ValueError("adversary: give exactly one of fraction, count or nodes")
@@ -88,6 +102,8 @@ class Adversary:
             return mask
         if self.placement in ("degree", "betweenness"):
             return self._central(mask, count, topology)
+        if self.placement == "attached":
+            return self._attached(mask, count, topology)
         keys = uniform(seed, "adversary", torch.arange(num_nodes), dtype=torch.float64)
         mask[torch.topk(keys, count, largest=False).indices] = True
         return mask
@@ -107,4 +123,19 @@ class Adversary:
                  else nx.betweenness_centrality(graph))
         ranked = sorted(range(len(mask)), key=lambda i: (-score.get(i, 0.0), i))
         mask[ranked[:count]] = True
+        return mask
+
+    def _attached(self, mask: torch.Tensor, count: int, topology: Any) -> torch.Tensor:
+        """The nodes an ``attached`` topology added, all of them."""
+        graph = topology.graph_at(0) if topology is not None else None
+        added = None if graph is None else graph.graph.get("attached")
+        if added is None:
+            raise ValueError(
+                "adversary: placement='attached' takes the nodes the 'attached' topology added; "
+                "use topology 'attached' (see murmura list topologies), or another placement")
+        if len(added) != count:
+            raise ValueError(
+                f"adversary: the topology attached {len(added)} nodes and the adversary has "
+                f"{count}; make them equal (adversary count = {len(added)})")
+        mask[list(added)] = True
         return mask

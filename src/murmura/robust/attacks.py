@@ -13,7 +13,8 @@ all see every honest upload, except for the keyed draws of :class:`Gaussian`).
 Declarations an attack may carry, read by the engine:
 
 * ``flips_labels = True`` (:class:`LabelFlip`): the malicious nodes train on flipped labels
-  ``y' = C - 1 - y`` (:meth:`LabelFlip.flip`) and send their own message.
+  (:meth:`LabelFlip.flip`: ``y' = C - 1 - y``, a shift, or given pairs) and send their own
+  message.
 * ``per_target = True`` (:mod:`murmura.robust.graph_attacks`): called once per (Byzantine
   sender, honest receiver) link with the receiver's neighbourhood, a different message to
   each neighbour.
@@ -173,28 +174,69 @@ class Gaussian:
         return self.mu + self.std * key_normal(key, own.shape)
 
 
-@ATTACKS.register("label_flip", "train on flipped labels y' = C - 1 - y and send that model")
+@ATTACKS.register("label_flip", "train on flipped labels (y' = C - 1 - y, a shift, or given "
+                  "pairs) and send that model")
 @dataclass(frozen=True)
 class LabelFlip:
     """Label flipping, at the data: with ``flips_labels = True`` the engine makes the malicious
-    nodes train on ``y' = C - 1 - y`` (:meth:`flip`; ``C`` the number of classes) and send
-    their own message, which is what ``__call__`` returns.
+    nodes train on flipped labels (:meth:`flip`) and send their own message, which is what
+    ``__call__`` returns. The flip is ByzFL's ``y' = C - 1 - y`` by default; ``shift=s`` gives
+    ``y' = (y + s) mod C`` (Bristle's ``label_flip_all``), and ``pairs`` a targeted flip of the
+    listed classes only, ``[[0, 1], [1, 0]]`` swapping 0 and 1 (SybilWall's attack); other
+    labels stay.
 
     ByzFL's ``LabelFlipping()`` is "the mean of the vectors it is given": its benchmark hands
     it the honest clients' gradients computed on flipped labels and sends their mean from every
     Byzantine client. murmura's malicious nodes each train on their own data, flipped, so each
     sends its own flipped-label message (their mean is ByzFL's vector when they hold the same
-    data)."""
+    data).
 
+    >>> import torch
+    >>> LabelFlip(pairs=((0, 1), (1, 0))).flip(torch.tensor([0, 1, 2]), 3).tolist()
+    [1, 0, 2]
+    >>> LabelFlip(shift=1).flip(torch.tensor([0, 1, 2]), 3).tolist()
+    [1, 2, 0]
+    """
+
+    shift: int | None = None
+    pairs: tuple[tuple[int, int], ...] | None = None
     flips_labels = True
 
-    @staticmethod
-    def flip(y: Tensor, num_classes: int) -> Tensor:
-        """The flipped labels ``num_classes - 1 - y``."""
+    def __post_init__(self) -> None:
+        if self.shift is not None and self.pairs is not None:
+            raise ValueError("label_flip: give shift or pairs, not both")
+        if self.shift is not None and (isinstance(self.shift, bool) or not isinstance(
+                self.shift, int)):
+            raise ValueError(f"label_flip: shift must be an integer, got {self.shift!r}")
+        if self.pairs is not None:
+            try:
+                pairs = tuple((int(a), int(b)) for a, b in self.pairs)
+            except (TypeError, ValueError):
+                raise ValueError(f"label_flip: pairs must be [from, to] class pairs, e.g. "
+                                 f"[[0, 1], [1, 0]]; got {self.pairs!r}") from None
+            sources = [a for a, _ in pairs]
+            if len(set(sources)) != len(sources) or any(min(p) < 0 for p in pairs):
+                raise ValueError(f"label_flip: pairs must map each class at most once, with "
+                                 f"classes >= 0; got {list(pairs)}")
+            object.__setattr__(self, "pairs", pairs)
+
+    def flip(self, y: Tensor, num_classes: int) -> Tensor:
+        """The flipped labels of ``y`` (integers in ``[0, num_classes)``)."""
         if int(num_classes) != num_classes or num_classes < 2:
             raise ValueError(f"label_flip: num_classes must be an integer >= 2, got "
                              f"{num_classes!r}")
-        return (int(num_classes) - 1) - y
+        c = int(num_classes)
+        if self.shift is not None:
+            return (y + self.shift) % c
+        if self.pairs is not None:
+            if max(max(p) for p in self.pairs) >= c:
+                raise ValueError(f"label_flip: pairs {list(self.pairs)} name a class outside "
+                                 f"[0, {c}) of this dataset")
+            table = torch.arange(c, device=y.device, dtype=y.dtype)
+            for a, b in self.pairs:
+                table[a] = b
+            return table[y]
+        return (c - 1) - y
 
     def __call__(self, own: Tensor, honest: Tensor, mask: Tensor, key: Tensor) -> Tensor:
         return own

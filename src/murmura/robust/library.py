@@ -161,9 +161,14 @@ def aggregate(name: str, vectors: Any, *, pre_agg_list: Any = None, own: Any = N
     first call), and any other rule gets ``vectors[0]`` (a graph node's own message comes
     first). ``key`` seeds random rules (drawn from torch's generator if omitted); ``weights``
     are the mixing weights of a rule that reads them (uniform by default); ``batch`` the
-    training samples of a rule with ``needs_data``."""
+    training samples of a rule with ``needs_data``. ``sybilwall`` keeps per-peer histories in a
+    simulation; here ``vectors[0]`` is the receiver's model and the others its neighbours',
+    weighted by FoolsGold on ``histories`` (``[n, d]``, one per row; the vectors themselves by
+    default) and mixed with the own model at weight 1."""
     x, back = _matrix(vectors, "vectors")
     name = _name(name, AGGREGATORS)
+    if name == "sybilwall":
+        return back(_sybilwall(x, params))
     rule = _build(AGGREGATORS, name, params, known=("idx", "m"))
     if getattr(rule, "joint", False):
         raise ValueError(f"{name} reads several payloads at once (joint); the library "
@@ -183,6 +188,20 @@ def aggregate(name: str, vectors: Any, *, pre_agg_list: Any = None, own: Any = N
     pivot = _own(name, x, rows, rows_mask, own, params)
     return back(rule(pivot, rows, rows_mask, *extra, **({} if batch is None else
                                                           {"batch": batch})))
+
+
+def _sybilwall(x: Tensor, params: dict) -> Tensor:
+    from murmura.robust.sybilwall import foolsgold_weights
+
+    histories = params.pop("histories", None)
+    if params:
+        raise ValueError(f"sybilwall in the library takes histories only, got {sorted(params)}")
+    h = x if histories is None else _matrix(histories, "histories")[0].to(x)
+    if h.shape != x.shape:
+        raise ValueError(f"sybilwall: histories must be one per vector, {tuple(x.shape)}; got "
+                         f"{tuple(h.shape)}")
+    w = foolsgold_weights(h[1:], torch.ones(len(x) - 1, dtype=x.dtype, device=x.device))
+    return (x[0] + w @ x[1:]) / (1.0 + w.sum())
 
 
 def _own(name: str, x: Tensor, rows: Tensor, mask: Tensor, own: Any, params: dict) -> Tensor:

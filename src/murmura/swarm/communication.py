@@ -25,9 +25,11 @@ from murmura.algorithms.plans import (
     SendModel,
     ServerAverageRule,
     ServerStep,
+    ShareRows,
 )
 from murmura.swarm.nonlinear import NonLinearCommunication
 from murmura.swarm.random import node_keys
+from murmura.swarm.sharing import RowSharing
 
 Tensor = torch.Tensor
 
@@ -35,7 +37,7 @@ Tensor = torch.Tensor
 _BLOCK_BYTES = 64 << 20
 
 
-class Communication(NonLinearCommunication):
+class Communication(NonLinearCommunication, RowSharing):
     """The communication stage of :class:`~murmura.swarm.engine.Simulation`."""
 
     @torch.no_grad()
@@ -62,6 +64,8 @@ class Communication(NonLinearCommunication):
             self._exchange_messages(plan)
         elif isinstance(plan, ServerStep):
             self._server_step(plan)
+        elif isinstance(plan, ShareRows):
+            self._share_rows(plan)
         elif isinstance(plan, Control):
             lo, hi = self.first_node, self.last_node
             self.bytes_sent += plan.sent[lo:hi].to(self.bytes_sent)
@@ -69,7 +73,7 @@ class Communication(NonLinearCommunication):
         else:
             raise TypeError(
                 f"unknown communication plan {type(plan).__name__}: a rule's plan() returns Mix, "
-                "Average, Exchange, ServerStep, Control, None, or a list of them"
+                "Average, Exchange, ServerStep, ShareRows, Control, None, or a list of them"
             )
 
     # ------------------------------------------------------------ the fast paths
@@ -148,14 +152,15 @@ class Communication(NonLinearCommunication):
 
     def _per_node(
         self, fn: Callable, rows: Tensor | None, args: Sequence[Any], in_dims: Sequence[Any],
-        store: Callable[[Any, Any], None],
+        store: Callable[[Any, Any], None], vectors: int | None = None,
     ) -> None:
         """``vmap(fn)`` over the nodes ``rows`` (local indices; ``None``: every local node) in
         blocks; ``args`` are full local tensors (or dicts of them) indexed by those rows, or
         shared values (``in_dims`` entry ``None``). ``store(where, outputs)`` places each
-        block's outputs, so no ``[n, d]`` result is built only to be copied again."""
+        block's outputs, so no ``[n, d]`` result is built only to be copied again. ``vectors``:
+        how many ``[d]`` vectors one node's inputs and outputs hold, when more than the usual."""
         count = self.local_nodes if rows is None else len(rows)
-        block = self._comm_block(4 + len(args))
+        block = self._comm_block(vectors or 4 + len(args))
         for start in range(0, count, block):
             where = (slice(start, min(start + block, count)) if rows is None
                      else rows[start : start + block])

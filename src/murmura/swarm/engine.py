@@ -168,7 +168,8 @@ class Simulation(LocalTraining, Communication, Measurement, OrderedData):
                                                self.task)
         self.node_state = {
             name: (self.params.clone() if spec.init == "params"
-                   else torch.zeros(n, d, device=self.device))
+                   else torch.full((n, *spec.size(self.num_nodes, d)), spec.fill,
+                                   device=self.device))
             for name, spec in self.node_state_specs.items()
         }
         self.server_state: dict[str, torch.Tensor] = (
@@ -179,7 +180,7 @@ class Simulation(LocalTraining, Communication, Measurement, OrderedData):
         self.malicious = self._place_adversary(adversary)
         self._bind_defence()
         self.robustness_warnings = self._check_neighbourhoods()
-        # a data attack: the malicious nodes train on flipped labels y' = C - 1 - y
+        # a data attack: the malicious nodes train on the attack's flipped labels
         self._flipped = (self.malicious if adversary is not None
                          and getattr(adversary.attack, "flips_labels", False) else None)
         self._plan_index = 0  # which plan of the round's sequence runs (keys its draws)
@@ -231,6 +232,12 @@ class Simulation(LocalTraining, Communication, Measurement, OrderedData):
                     f"which no rule declares (declared: "
                     f"{sorted(self.node_state) + sorted(self.local_state)})"
                 )
+        for name in (*getattr(algorithm.local_rule, "gradient_state", ()),
+                     *getattr(self.task, "state_names", ())):
+            if name in self.node_state and not self.node_state_specs[name].like_params:
+                raise ValueError(
+                    f"node state {name!r} is a table shaped {self.node_state_specs[name].shape}; "
+                    "local rules and tasks read parameter-shaped state ('d',) only")
         for name in getattr(self.task, "state_names", ()):
             if name not in self.node_state:
                 raise ValueError(

@@ -111,7 +111,8 @@ class LocalTraining:
                 plan = self.sampler.batches(nodes, round_index, 0, num_steps)
             X = self.params[where]
             state = {k: v[where] for k, v in self.local_state.items()}
-            shared = {k: v[where] for k, v in self.node_state.items()}
+            shared = {k: v[where] for k, v in self.node_state.items()
+                      if self.node_state_specs[k].like_params}
             alive, width, masked = self._step_shapes(plan, num_steps, stop - start)
             if self.algorithm.before_local is not None:
                 keys = node_keys(self.seed, "before-local", nodes, round_index, 0)
@@ -152,7 +153,7 @@ class LocalTraining:
     @torch.no_grad()
     def _reset_round_state(self, participants: torch.Tensor | None) -> None:
         """Node state declared with ``reset="round"`` starts again, for this round's
-        participants only: zeros, or a copy of the node's model."""
+        participants only: its fill value, or a copy of the node's model."""
         for name, spec in self.node_state_specs.items():
             if spec.reset != "round":
                 continue
@@ -161,11 +162,11 @@ class LocalTraining:
                 if spec.init == "params":
                     target.copy_(self.params)
                 else:
-                    target.zero_()
+                    target.fill_(spec.fill)
                 continue
             rows = participants[(participants >= self.first_node)
                                 & (participants < self.last_node)] - self.first_node
-            target[rows] = self.params[rows] if spec.init == "params" else 0.0
+            target[rows] = self.params[rows] if spec.init == "params" else spec.fill
 
     def _train_block_generic(
         self, X: torch.Tensor, state: dict, plan: Any, num_steps: int, alive: list,
@@ -231,13 +232,15 @@ class LocalTraining:
 
     def _labels(self, labels: torch.Tensor, index: torch.Tensor, nodes: torch.Tensor | None
                 ) -> torch.Tensor:
-        """The labels a block's step trains on: flipped (``C - 1 - y``) for the malicious
-        nodes of a label-flipping adversary."""
+        """The labels a block's step trains on: flipped (the attack's ``flip``) for the
+        malicious nodes of a label-flipping adversary."""
         y = labels[index]
         if self._flipped is None or nodes is None:
             return y
         flipped = self._flipped[nodes].view(-1, *(1,) * (y.dim() - 1))
-        return torch.where(flipped, self.data.dataset.num_classes - 1 - y, y)
+        classes = self.data.dataset.num_classes
+        flip = getattr(self.adversary.attack, "flip", None)  # an attack of one's own may not say
+        return torch.where(flipped, (classes - 1) - y if flip is None else flip(y, classes), y)
 
     def _gather(self, samples: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """``samples[index]`` (flattened index) into a buffer kept across steps: a fresh

@@ -3,8 +3,11 @@ and what malicious nodes send instead of their honest messages.
 
 An aggregator is a per-receiver function the engine vmaps over blocks of receivers (see
 ``murmura.algorithms.plans.Aggregator``). Beyond ``(own, received, mask)`` it may ask for the
-receiver's mixing weights of those rows (``needs_weights``: ClippedGossip's weighted clipping)
-and a key (``needs_key``: a random bucketing), passed in that order. An attack replaces a
+receiver's mixing weights of those rows (``needs_weights``: ClippedGossip's weighted clipping),
+a key (``needs_key``: a random bucketing) and the round number (``needs_round``), passed in
+that order. A stateful aggregator (one that declares ``node_state``) then gets the global ids of
+the rows it aggregates (its own first) and its node state, and returns ``(result, updates)``:
+SybilWall keeps one update history per peer. An attack replaces a
 malicious node's message with one function of the honest messages it sees; a ``per_target``
 attack (dissensus, equivocation) sends a different message over each of its links, computed
 from the receiving node's neighbourhood.
@@ -18,6 +21,13 @@ import torch
 from torch.func import vmap
 
 from murmura.swarm.random import hash_keys, node_keys, uniform
+
+
+def _rows_of(value: Any, where: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: v[where] for k, v in value.items()}
+    return value[where]
+
 
 Tensor = torch.Tensor
 
@@ -92,7 +102,29 @@ class NonLinearCommunication:
         if getattr(aggregator, "needs_key", False):
             extras.append(node_keys(self.seed, "aggregate", receivers, self.round,
                                     self._plan_index))
+        if getattr(aggregator, "needs_round", False):
+            extras.append(torch.full((len(receivers),), self.round, device=self.device))
         return extras
+
+    def _aggregator_state(self, aggregator: Any, index: Tensor, payload: dict) -> dict | None:
+        """A stateful aggregator's inputs beyond the messages: the ids of the rows it gets (own
+        first) and its node state, or ``None`` for a stateless rule."""
+        names = list(getattr(aggregator, "node_state", None) or {})
+        if not names:
+            return None
+        if not getattr(aggregator, "joint", False) and len(payload) > 1:
+            raise ValueError(
+                f"{type(aggregator).__name__} keeps node state, so it must read every payload "
+                "name at once (joint = True) when an encoder sends more than one")
+        missing = [name for name in names if name not in self.node_state]
+        if missing:
+            raise ValueError(
+                f"{type(aggregator).__name__} keeps node state {missing}, which the algorithm's "
+                "communication rule does not declare: its node_state must include the "
+                "aggregator's")
+        own_ids = torch.arange(self.first_node, self.last_node, device=self.device)
+        return {"ids": torch.cat([own_ids.unsqueeze(1), index], dim=1),
+                "state": {name: self.node_state[name] for name in names}}
 
     def _aggregate_on_graph(self, aggregator: Any, payload: dict[str, Tensor], mixing: Any,
                             links: dict[str, tuple[Tensor, Tensor, Tensor]] | None = None
@@ -108,15 +140,18 @@ class NonLinearCommunication:
         full_mask = torch.cat([own_mask, mask], dim=1)
         receivers = torch.arange(self.first_node, self.last_node, device=self.device)
         extras = self._aggregator_extras(aggregator, mixing, receivers)
+        stateful = self._aggregator_state(aggregator, index, payload)
+        table_rows = 0 if stateful is None else sum(
+            v[0].numel() // max(1, self.spec.dim) for v in stateful["state"].values())
         joint = getattr(aggregator, "joint", False)
         groups = [list(payload)] if joint else [[name] for name in payload]
         result: dict[str, Tensor] = {}
         for names in groups:
             everyone = {name: self._all_rows(payload[name], "a non-linear aggregation on a graph")
                         for name in names}
-            out = {name: torch.empty_like(payload[name]) for name in names}
+            out: dict[str, Tensor] = {}
             block = (1 if not getattr(aggregator, "vectorized", True)
-                     else self._comm_block(len(names) * (index.shape[1] + 3)))
+                     else self._comm_block(len(names) * (index.shape[1] + 3) + 2 * table_rows))
             for start in range(0, len(index), block):
                 stop = min(start + block, len(index))
                 own = {name: payload[name][start:stop] for name in names}
@@ -127,16 +162,28 @@ class NonLinearCommunication:
                     if links and name in links:
                         self._insert_links(stack[name], links[name], start, stop)
                 part = [e[start:stop] for e in extras]
+                if stateful is not None:
+                    part += [stateful["ids"][start:stop],
+                             {k: v[start:stop] for k, v in stateful["state"].items()}]
                 if block == 1:
                     values = self._aggregate_one(aggregator, start, own, stack,
-                                                 full_mask[start], joint, [p[0] for p in part])
+                                                 full_mask[start], joint,
+                                                 [_rows_of(p, 0) for p in part],
+                                                 stateful is not None)
                 elif joint:
                     values = vmap(aggregator)(own, stack, full_mask[start:stop], *part)
                 else:
-                    values = {names[0]: vmap(aggregator)(own[names[0]], stack[names[0]],
-                                                         full_mask[start:stop], *part)}
-                for name in names:
-                    out[name][start:stop] = values[name]
+                    values = vmap(aggregator)(own[names[0]], stack[names[0]],
+                                              full_mask[start:stop], *part)
+                    values = ({names[0]: values[0]}, values[1]) if stateful else {
+                        names[0]: values}
+                if stateful is not None:
+                    values, updates = values
+                    self._write_aggregator_state(updates, slice(start, stop))
+                for name, value in values.items():  # a joint rule may return fewer names
+                    if name not in out:
+                        out[name] = value.new_empty(len(index), *value.shape[1:])
+                    out[name][start:stop] = value
             result.update(out)
         return result
 
@@ -147,10 +194,18 @@ class NonLinearCommunication:
         inside = (rows >= start) & (rows < stop)
         stack[rows[inside] - start, positions[inside] + 1] = messages[inside]
 
+    def _write_aggregator_state(self, updates: dict[str, Tensor], where: slice) -> None:
+        for name, value in updates.items():
+            if name not in self.node_state:
+                raise KeyError(f"an aggregator returned an update for {name!r}, which it does "
+                               f"not declare in its node_state ({sorted(self.node_state)})")
+            self.node_state[name][where] = value
+
     def _aggregate_one(self, aggregator: Any, row: int, own: dict, stack: dict, mask: Tensor,
-                       joint: bool, extras: list | None = None) -> dict[str, Tensor]:
+                       joint: bool, extras: list | None = None, stateful: bool = False
+                       ) -> Any:
         """A rule that is not vectorized, for one receiver (local row ``row``), with its own
-        samples when it asks for them."""
+        samples when it asks for them (and, for a stateful rule, its state updates)."""
         kwargs: dict[str, Any] = {}
         wanted = int(getattr(aggregator, "needs_data", 0) or 0)
         if wanted:
@@ -159,10 +214,16 @@ class NonLinearCommunication:
         if joint:
             values = aggregator({k: v[0] for k, v in own.items()},
                                 {k: v[0] for k, v in stack.items()}, mask, *extras, **kwargs)
-            return {k: v.unsqueeze(0) for k, v in values.items()}
-        name = next(iter(own))
-        return {name: aggregator(own[name][0], stack[name][0], mask, *extras,
-                                 **kwargs).unsqueeze(0)}
+        else:
+            name = next(iter(own))
+            values = aggregator(own[name][0], stack[name][0], mask, *extras, **kwargs)
+        updates = None
+        if stateful:
+            values, updates = values
+            updates = {k: v.unsqueeze(0) for k, v in updates.items()}
+        values = ({k: v.unsqueeze(0) for k, v in values.items()} if joint
+                  else {next(iter(own)): values.unsqueeze(0)})
+        return (values, updates) if stateful else values
 
     def _own_samples(self, node: int, count: int) -> dict[str, Tensor]:
         """Up to ``count`` of ``node``'s training samples, a random subset keyed by (seed, node,
@@ -183,7 +244,7 @@ class NonLinearCommunication:
         lo, hi = self.first_node, self.last_node
         bad = torch.nonzero(self.malicious[lo:hi]).flatten()
         if len(bad) == 0 or getattr(self.adversary.attack, "flips_labels", False):
-            return payload  # a data attack: the malicious nodes send what they trained
+            return self._clone_sybils(payload, bad)  # a data attack: they send what they trained
         index, mask = self._neighbourhoods(mixing)
         honest = (~self.malicious)[index[bad]].to(mask.dtype) * mask[bad]
         keys = node_keys(self.seed, "attack", bad + lo, self.round, self._plan_index)
@@ -194,7 +255,21 @@ class NonLinearCommunication:
             replaced[bad] = per_attacker(self.adversary.attack, (0, 0, 0, 0), message[bad],
                                          everyone[index[bad]], honest, keys)
             attacked[name] = replaced
-        return attacked
+        return self._clone_sybils(attacked, bad)
+
+    def _clone_sybils(self, payload: dict[str, Tensor], bad: Tensor) -> dict[str, Tensor]:
+        """With ``Adversary(sybils=True)`` every malicious node is an identity of one attacker
+        and sends the message of the first (lowest id): each local malicious row gets it."""
+        if not getattr(self.adversary, "sybils", False):
+            return payload
+        leader = int(torch.nonzero(self.malicious)[0])
+        cloned = {}
+        for name, message in payload.items():
+            everyone = self._all_rows(message, "Sybil identities")
+            copy = message.clone()
+            copy[bad] = everyone[leader]
+            cloned[name] = copy
+        return cloned
 
     def _targeted_links(self, payload: dict[str, Tensor], mixing: Any
                         ) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
@@ -251,6 +326,10 @@ class NonLinearCommunication:
     def _robust_server(self, aggregator: Any, payload: dict[str, Tensor] | None, m: int
                        ) -> dict[str, Tensor]:
         """The server's non-linear aggregate of the ``m`` uploads (with its model as ``own``)."""
+        if getattr(aggregator, "node_state", None):
+            raise ValueError(
+                f"{type(aggregator).__name__} keeps per-node state (each node's records of its "
+                "peers) and runs on a graph, not at a server: use a decentralized algorithm")
         own = self.server_state.get("params") if self.server_state else None
         if own is None:
             own = self.params[0]
@@ -276,9 +355,9 @@ class NonLinearCommunication:
         weighted."""
         bad_mask = self.malicious[nodes]
         attack = self.adversary.attack
-        if not bool(bad_mask.any()) or getattr(attack, "flips_labels", False):
-            return payload
         bad = torch.nonzero(bad_mask).flatten()
+        if not bool(bad_mask.any()) or getattr(attack, "flips_labels", False):
+            return self._sybil_uploads(payload, bad)
         keys = node_keys(self.seed, "attack", nodes[bad], self.round, self._plan_index)
         attacked = {}
         for name, stack in payload.items():
@@ -296,7 +375,18 @@ class NonLinearCommunication:
                 replaced[bad] = per_attacker(attack, (0, None, None, 0), stack[bad], honest,
                                              mask, keys)
             attacked[name] = replaced
-        return attacked
+        return self._sybil_uploads(attacked, bad)
+
+    def _sybil_uploads(self, payload: dict[str, Tensor], bad: Tensor) -> dict[str, Tensor]:
+        """At a server, Sybil identities upload the first malicious uploader's message."""
+        if not getattr(self.adversary, "sybils", False) or len(bad) == 0:
+            return payload
+        cloned = {}
+        for name, stack in payload.items():
+            copy = stack.clone()
+            copy[bad] = stack[bad[0]]
+            cloned[name] = copy
+        return cloned
 
 
 __all__ = ["NonLinearCommunication"]

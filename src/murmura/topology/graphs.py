@@ -40,6 +40,7 @@ __all__ = [
     "exponential",
     "small_world",
     "isolated",
+    "attached",
 ]
 
 TOPOLOGIES: Registry[Callable[..., Any]] = Registry("topology")
@@ -537,3 +538,59 @@ def isolated(n: int, *, seed: int = 0) -> nx.Graph:
 
 
 TOPOLOGIES.add("none", isolated, "alias of isolated: no edges, local training only")
+
+
+@TOPOLOGIES.register(
+    "attached",
+    "a base graph on the first n - count nodes plus count nodes wired to a target or to random "
+    "nodes of it (attackers: leaves on a target, Sybil identities' attack edges)",
+)
+def attached(n: int, *, seed: int = 0, base: str = "random_regular",
+             base_params: dict[str, Any] | None = None, count: int = 1, edges: int = 1,
+             target: int | list[int] | None = None) -> nx.Graph:
+    """``base`` (a topology name, with ``base_params``) on nodes ``0..n-count-1``, then nodes
+    ``n-count..n-1`` each linked to ``edges`` distinct nodes of it: the ``target`` node(s) when
+    given (``edges=1, target=t``: leaves hanging on node ``t``), else a keyed uniform draw per
+    added node. The added nodes are listed in ``graph.graph["attached"]``, which
+    ``Adversary(placement="attached")`` reads. The added nodes are not linked to each other.
+
+    >>> g = attached(8, base="ring", count=3, edges=1, target=0)
+    >>> sorted(g.neighbors(0)), g.graph["attached"]
+    ([1, 4, 5, 6, 7], [5, 6, 7])
+    """
+    import torch
+
+    from murmura.swarm.random import uniform
+    from murmura.topology.factory import make_topology
+
+    for name, value, low in (("count", count, 1), ("edges", edges, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"topology 'attached': {name} must be an integer >= {low}, got "
+                             f"{value!r}")
+    honest = n - count
+    if honest < 1:
+        raise ValueError(f"topology 'attached': count={count} leaves no base graph of n={n} "
+                         "nodes; lower count or raise n")
+    graph = nx.Graph(make_topology(base, honest, seed=seed, **(base_params or {})).graph_at(0))
+    added = list(range(honest, n))
+    graph.add_nodes_from(added)
+    targets = None if target is None else [target] if isinstance(target, int) else list(target)
+    if targets is not None:
+        if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < honest
+               for t in targets) or len(set(targets)) != len(targets):
+            raise ValueError(f"topology 'attached': target must be distinct node ids of the base "
+                             f"graph, in [0, {honest}); got {target!r}")
+        if edges > len(targets):
+            raise ValueError(f"topology 'attached': edges={edges} per added node, but only "
+                             f"{len(targets)} target(s); lower edges or name more targets")
+    elif edges > honest:
+        raise ValueError(f"topology 'attached': edges={edges} exceeds the {honest} base nodes")
+    for node in added:
+        if targets is not None:
+            ends = targets[:edges]
+        else:
+            keys = uniform(seed, "attached", torch.arange(honest), node, dtype=torch.float64)
+            ends = torch.topk(keys, edges, largest=False).indices.tolist()
+        graph.add_edges_from((node, int(end)) for end in ends)
+    graph.graph["attached"] = added
+    return graph
