@@ -292,3 +292,33 @@ def test_the_library_mixes_by_foolsgold_weights_of_the_histories():
         aggregate("sybilwall", vectors, histories=histories[:2])
     with pytest.raises(ValueError, match="takes histories only"):
         aggregate("sybilwall", vectors, f=1)
+
+
+def test_attackers_that_do_not_receive_keep_their_own_model():
+    data = federate("digits", num_nodes=6, seed=0)
+    work = {"lr": 0.1, "local_steps": 2, "batch_size": 8}
+    deaf = Simulation(data, "logreg", "dsgd", "ring", seed=0, algorithm_kwargs=work,
+                      adversary=Adversary("sign_flip", nodes=(4,), receives=False))
+    hearing = Simulation(data, "logreg", "dsgd", "ring", seed=0, algorithm_kwargs=work,
+                         adversary=Adversary("sign_flip", nodes=(4,)))
+    alone = Simulation(data, "logreg", "local_sgd", seed=0, algorithm_kwargs=work)
+    for sim in (deaf, hearing, alone):
+        sim.run(rounds=2)
+    assert torch.allclose(deaf.params[4], alone.params[4], atol=1e-6)
+    assert not torch.allclose(hearing.params[4], alone.params[4], atol=1e-3)
+    assert torch.equal(deaf.params[:4], hearing.params[:4])  # honest nodes: the same either way
+
+
+def test_a_label_flipping_receiver_reads_its_own_samples_flipped():
+    data = federate("digits", num_nodes=4, seed=0)
+    sim = Simulation(data, "logreg", "dsgd", "ring", seed=0,
+                     adversary=Adversary({"name": "label_flip", "shift": 1}, nodes=(2,)))
+    true = data.dataset.train_y
+    for node, shift in ((1, 0), (2, 1)):
+        batch = sim._own_samples(node, 6)
+        original = true[data.index_table[node, : int(data.sizes[node])]]
+        assert len(batch["y"]) == 6 and set(((batch["y"] - shift) % 10).tolist()) <= set(
+            original.tolist())
+    assert not torch.equal(sim._own_samples(2, 50)["y"],
+                           Simulation(data, "logreg", "dsgd", "ring", seed=0)._own_samples(
+                               2, 50)["y"])

@@ -411,13 +411,16 @@ class AdversaryConfig(Section):
     )
     sybils: bool = Field(False, description="the malicious nodes are Sybil identities of one "
                          "attacker: all send the first one's message")
+    receives: bool = Field(True, description="false: on a graph the malicious nodes ignore what "
+                           "they receive and keep their own model")
 
     def build(self) -> Any:
         from murmura.robust import Adversary
 
         return Adversary(self.attack, fraction=self.fraction, count=self.count,
                          nodes=None if self.nodes is None else tuple(self.nodes),
-                         placement=self.placement, sybils=self.sybils)
+                         placement=self.placement, sybils=self.sybils,
+                         receives=self.receives)
 
 
 class OutputConfig(Section):

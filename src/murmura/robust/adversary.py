@@ -28,6 +28,10 @@ class Adversary:
     of them sends the message of the first (lowest id), computed by the attack as usual (for
     ``label_flip``, what that node trained on its flipped data).
 
+    ``receives=False``: on a graph the malicious nodes ignore what they receive and keep their
+    own message (a label-flipping attacker then trains one consistently poisoned model, as in
+    Bristle's and SybilWall's threat models); at a server they still download the model.
+
     >>> adv = Adversary("sign_flip", fraction=0.25)
     >>> int(adv.place(8, seed=0).sum())
     2
@@ -39,11 +43,14 @@ class Adversary:
     nodes: tuple[int, ...] | None = None
     placement: Any = "random"
     sybils: bool = False
+    receives: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attack", make_attack(self.attack))
-        if not isinstance(self.sybils, bool):
-            raise ValueError(f"adversary: sybils must be true or false, got {self.sybils!r}")
+        for name in ("sybils", "receives"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"adversary: {name} must be true or false, got "
+                                 f"{getattr(self, name)!r}")
         if self.sybils and getattr(self.attack, "per_target", False):
             raise ValueError(
                 f"adversary: Sybil identities send one message, and "

@@ -101,13 +101,16 @@ class BatchSampler:
         )
 
     def batches(
-        self, nodes: torch.Tensor, round_index: int, first_step: int, num_steps: int
+        self, nodes: torch.Tensor, round_index: int | torch.Tensor, first_step: int,
+        num_steps: int,
     ) -> Batch:
         """The minibatches of ``num_steps`` consecutive steps at once: ``index`` is
         ``[c, num_steps, B]``, ``weight`` ``[c, num_steps, B]`` and ``active`` ``[c, num_steps]``
         (or ``None`` when every sample counts). One call per block and round keeps the hashing
         off the per-step path."""
         sizes = self.sizes[nodes].view(-1, 1, 1)
+        if isinstance(round_index, torch.Tensor):  # one per node: tasks on the virtual clock
+            round_index = round_index.view(-1, 1, 1)
         b = self.batch_size
         steps = torch.arange(first_step, first_step + num_steps, device=nodes.device).view(1, -1, 1)
         offsets = torch.arange(b, device=nodes.device).view(1, 1, -1)

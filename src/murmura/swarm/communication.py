@@ -215,7 +215,7 @@ class Communication(NonLinearCommunication, RowSharing):
     def _exchange_messages(self, plan: Exchange) -> None:
         mixing = plan.matrix
         payload = self._encode(plan.encoder, None)
-        links = None
+        own_messages, links = payload, None
         if self.malicious is not None:
             if getattr(self.adversary.attack, "per_target", False):
                 links = self._targeted_links(payload, mixing)
@@ -230,6 +230,11 @@ class Communication(NonLinearCommunication, RowSharing):
             for name, message in payload.items():
                 received[name] = torch.empty_like(message)
                 self._mix_rows(mixing, message, received[name])
+        if self.malicious is not None and not getattr(self.adversary, "receives", True):
+            bad = self.malicious[self.first_node : self.last_node]
+            received = {name: torch.where(bad.view(-1, *(1,) * (value.dim() - 1)),
+                                          own_messages[name], value)
+                        for name, value in received.items()}
         args = [self.params, dict(self.node_state), received]
         if getattr(plan.combiner, "needs_key", False):
             args.append(node_keys(self.seed, "combine",

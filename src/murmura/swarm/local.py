@@ -82,11 +82,17 @@ class LocalTraining:
         return alive, width, masked
 
     def train(
-        self, participants: torch.Tensor | None, round_index: int, rows_identical: bool = False
+        self, participants: torch.Tensor | None, round_index: int | torch.Tensor,
+        rows_identical: bool = False,
     ) -> None:
         """Local update: every participant takes its local steps, block by block, in place.
         ``rows_identical``: every node holds the same parameters (after a server average), which
-        the fused step uses for its first step."""
+        the fused step uses for its first step. ``round_index`` keys the draws: the round, or
+        (on the virtual clock, where nodes run tasks at their own pace) an int64 ``[n]`` tensor
+        of each node's task number."""
+        if isinstance(round_index, torch.Tensor) and self.algorithm.local_work.order is not None:
+            raise ValueError("ordered local data (curricula) needs rounds; it does not run on "
+                             "the virtual clock")
         if self.algorithm.local_work.reset_state_each_round:
             for buf in self.local_state.values():
                 buf.zero_()
@@ -98,24 +104,26 @@ class LocalTraining:
         whole = None
         if len(ids) and (self.sampler.steps is not None
                          or bool((self.data.sizes[ids] == self.data.sizes[ids[0]]).all())):
-            whole = self.sampler.batches(ids, round_index, 0, self.sampler.num_steps(ids))
+            whole = self.sampler.batches(ids, _of(round_index, ids), 0,
+                                         self.sampler.num_steps(ids))
         for start in range(0, len(ids), self.chunk_size):
             stop = min(start + self.chunk_size, len(ids))
             nodes = ids[start:stop]
+            rounds = _of(round_index, nodes)
             where: Any = slice(start, stop) if contiguous else nodes - self.first_node
             if whole is not None:
                 plan = whole.rows(start, stop)
                 num_steps = plan.index.shape[1]
             else:
                 num_steps = self.sampler.num_steps(nodes)
-                plan = self.sampler.batches(nodes, round_index, 0, num_steps)
+                plan = self.sampler.batches(nodes, rounds, 0, num_steps)
             X = self.params[where]
             state = {k: v[where] for k, v in self.local_state.items()}
             shared = {k: v[where] for k, v in self.node_state.items()
                       if self.node_state_specs[k].like_params}
             alive, width, masked = self._step_shapes(plan, num_steps, stop - start)
             if self.algorithm.before_local is not None:
-                keys = node_keys(self.seed, "before-local", nodes, round_index, 0)
+                keys = node_keys(self.seed, "before-local", nodes, rounds, 0)
                 self._write_node_updates(
                     X, shared, vmap(self.algorithm.before_local)(X, shared, nodes, keys),
                     "the before-local step")
@@ -127,7 +135,7 @@ class LocalTraining:
                                         rows_identical, correction, nodes)
             else:
                 self._train_block_generic(X, {**state, **shared}, plan, num_steps, alive, width,
-                                          masked, nodes, round_index)
+                                          masked, nodes, rounds)
             if self.algorithm.after_local is not None:
                 steps = (plan.active.sum(dim=1) if plan.active is not None
                          else torch.full((len(nodes),), num_steps, device=self.device))
@@ -170,7 +178,8 @@ class LocalTraining:
 
     def _train_block_generic(
         self, X: torch.Tensor, state: dict, plan: Any, num_steps: int, alive: list,
-        width: list, masked: list, nodes: torch.Tensor | None = None, round_index: int = 0,
+        width: list, masked: list, nodes: torch.Tensor | None = None,
+        round_index: int | torch.Tensor = 0,
     ) -> None:
         """A block's local steps: the vmapped gradient, then the rule's update per parameter."""
         rule = self.algorithm.local_rule
@@ -201,7 +210,8 @@ class LocalTraining:
                 if getattr(self.task, "state_names", ()):
                     extras["state"] = {k: state_views[k] for k in self.task.state_names}
                 if getattr(self.task, "needs_key", False):
-                    extras["key"] = node_keys(self.seed, "task", nodes[:m], round_index, step)
+                    extras["key"] = node_keys(self.seed, "task", nodes[:m],
+                                              _first(round_index, m), step)
                 if getattr(self.task, "needs_label_counts", False):
                     extras["label_counts"] = self.label_counts[nodes[:m]]
                 for name, draws in pools.items():
@@ -214,7 +224,8 @@ class LocalTraining:
             needs_key = getattr(rule, "needs_key", False)
             if needs_key:
                 counter = 0 if needs_key == "round" else step
-                keyed += (node_keys(self.seed, "local", nodes[:m], round_index, counter),)
+                keyed += (node_keys(self.seed, "local", nodes[:m], _first(round_index, m),
+                                    counter),)
             if not masked[step]:
                 grads = self._grad_fn(param_views, xb, yb, *keyed)
                 active = None
@@ -307,3 +318,13 @@ class LocalTraining:
             for kind, bufs in work.items():
                 for name, buf in bufs.items():
                     rows[kind][name].copy_(buf)
+
+
+def _of(round_index: int | torch.Tensor, nodes: torch.Tensor) -> int | torch.Tensor:
+    """The round (or each node's task number) of ``nodes``."""
+    return round_index[nodes] if isinstance(round_index, torch.Tensor) else round_index
+
+
+def _first(round_index: int | torch.Tensor, m: int) -> int | torch.Tensor:
+    """Of a block's per-node task numbers, those of its first ``m`` nodes (still training)."""
+    return round_index[:m] if isinstance(round_index, torch.Tensor) else round_index

@@ -227,14 +227,18 @@ class NonLinearCommunication:
 
     def _own_samples(self, node: int, count: int) -> dict[str, Tensor]:
         """Up to ``count`` of ``node``'s training samples, a random subset keyed by (seed, node,
-        round) without replacement."""
+        round) without replacement, with the labels the node trains on (a label-flipping
+        attacker's flipped ones)."""
         size = int(self.data.sizes[node])
         table = self.data.index_table[node, :size]
         keys = uniform(self.seed, "own-samples", torch.arange(size, device=self.device),
                        node, self.round)
         chosen = table[torch.argsort(keys)[: min(count, size)]]
         dataset = self.data.dataset
-        return {"x": dataset.train_x[chosen], "y": dataset.train_y[chosen]}
+        y = dataset.train_y[chosen]
+        if self._flipped is not None and bool(self._flipped[node]):
+            y = self._labels(dataset.train_y, chosen, torch.tensor([node], device=self.device))
+        return {"x": dataset.train_x[chosen], "y": y}
 
     # ------------------------------------------------------------ attacks on a graph
 
