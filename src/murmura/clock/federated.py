@@ -206,9 +206,12 @@ class ClockedFederation:
 
     # ---------------------------------------------------------------- the loop
 
-    def run(self, until: float, eval_every: float) -> list[dict[str, Any]]:
+    def run(self, until: float, eval_every: float, callback: Any = None
+            ) -> list[dict[str, Any]]:
         """Run until simulated time ``until``, evaluating the server's model every
-        ``eval_every`` simulated seconds; returns the records (also in ``self.records``)."""
+        ``eval_every`` simulated seconds; returns the records (also in ``self.records``).
+        ``callback(run) -> dict`` adds to each record (a metric of one's own)."""
+        self._callback = callback
         if not (until > 0 and eval_every > 0):
             raise ValueError(f"until and eval_every must be positive seconds, got {until!r}, "
                              f"{eval_every!r}")
@@ -297,6 +300,8 @@ class ClockedFederation:
         kinds = self.log.columns()["kind"] if len(self.log) else torch.zeros(0)
         arrived = stale[kinds == int(EventKind.UPLOAD_ARRIVAL)].to(torch.float64)
         record["staleness_mean"] = float(arrived.mean()) if len(arrived) else 0.0
+        if getattr(self, "_callback", None) is not None:
+            record.update(self._callback(self) or {})
         self.records.append(record)
 
 
