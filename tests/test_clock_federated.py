@@ -222,3 +222,26 @@ def test_the_async_experiment_runs_in_quick_mode(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     report = (tmp_path / "results.json").read_text()
     assert '"FedFix-0.5"' in report and (tmp_path / "async.png").is_file()
+
+
+def test_a_clocked_run_writes_its_log_metrics_and_summary(tmp_path):
+    import json
+
+    from murmura.clock import EventLog
+    from murmura.clock.output import write_run
+
+    run = ClockedFederation(simulation(num_nodes=3), {"name": "fedasync"},
+                            compute={"name": "trace", "step_seconds": [1.0, 2.0, 3.0]})
+    with pytest.raises(ValueError, match="call run.run"):
+        write_run(run, tmp_path)
+    run.run(until=6.0, eval_every=3.0)
+    write_run(run, tmp_path)
+    assert EventLog.read(tmp_path / "events.csv").rows() == run.log.rows()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["staleness"] == {"0": 3, "2": 1, "4": 1}  # the hand-computed schedule
+    # node 0 computed 2 s per task, 3 tasks done by 6 s: busy 6, idle 0; node 2: 6 and 0
+    assert summary["busy_seconds"] == [6.0, 4.0, 6.0]
+    assert summary["idle_seconds"] == [0.0, 2.0, 0.0]
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("time,") and len(lines) == 3
+    assert (tmp_path / "curves.png").is_file()
