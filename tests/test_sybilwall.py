@@ -322,3 +322,17 @@ def test_a_label_flipping_receiver_reads_its_own_samples_flipped():
     assert not torch.equal(sim._own_samples(2, 50)["y"],
                            Simulation(data, "logreg", "dsgd", "ring", seed=0)._own_samples(
                                2, 50)["y"])
+
+
+def test_share_rows_refuses_state_that_is_not_a_per_peer_table():
+    from murmura.algorithms.plans import ShareRows
+
+    sim = path_sim()
+    plan = ShareRows(sim.topology.mixing_at(0), HistoryGossip().pick, HistoryGossip().merge,
+                     reads=("round_start",), sends=(HISTORY,), nbytes=lambda d: 4 * d)
+    with pytest.raises(ValueError, match=r"'round_start' is shaped \('d',\)"):
+        sim.communicate(plan)
+    plan = ShareRows(sim.topology.mixing_at(0), HistoryGossip().pick, HistoryGossip().merge,
+                     reads=("nowhere",), sends=(HISTORY,), nbytes=lambda d: 4 * d)
+    with pytest.raises(ValueError, match="'nowhere' is not declared"):
+        sim.communicate(plan)

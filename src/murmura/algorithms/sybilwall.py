@@ -30,11 +30,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from murmura.algorithms.base import ALGORITHMS, Algorithm, RoundContext
 from murmura.algorithms.named import _work
 from murmura.algorithms.plans import Exchange, NodeState, ShareRows
 from murmura.algorithms.rules import SGD, Every, FullParticipation
 from murmura.robust.sybilwall import HistoryGossip, SybilWall
+
+Tensor = torch.Tensor
 
 START = "round_start"
 
@@ -50,7 +54,8 @@ class SendModelAndUpdate:
     def node_state(self) -> dict[str, NodeState]:
         return {START: NodeState("params", "round")} if self.update else {}
 
-    def encode(self, params, state, key):
+    def encode(self, params: Tensor, state: dict[str, Tensor], key: Tensor
+               ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         if not self.update:
             return {"params": params}, {}
         return {"params": params, "update": params - state[START]}, {}

@@ -9,6 +9,11 @@ duration is ``download + steps x step time + upload`` (the compute model, and th
 bytes actually sent), and a client must stay online for all of it, or its work is lost and it
 starts again when it is back.
 
+The runner is the engine's stage for time, as ``Simulation.step`` is for rounds: it writes the
+simulation's rows (a client's download) and byte ledgers; what it applies is pure (the mode's
+``aggregate`` on tensors, the simulation's local rule). A record's ``updates_applied`` counts
+the client updates the server received (FedBuff's dropped stale ones included).
+
 >>> from murmura.data import federate
 >>> from murmura.swarm import Simulation
 >>> sim = Simulation(federate("digits", num_nodes=8, seed=0), "logreg", "fedavg", seed=0,

@@ -11,8 +11,14 @@ neighbour drawn uniformly from the topology (keyed likewise):
 
 Each message is lost with probability ``drop`` (a pairwise exchange is two messages), and an
 offline neighbour receives nothing and answers nothing. Wake-ups within ``window`` seconds are
-trained as one vectorized step; their exchanges are then applied one after another in event
-order (a few ``[d]`` vector operations each), so at ``window = 0`` the run is exact.
+trained as one vectorized step; their exchanges (the per-pair rule :func:`exchange`) are
+vmapped over waves of node-disjoint pairs in event order, which gives the one-after-another
+result exactly, so at ``window = 0`` the run is exact and a wider window only changes which
+models the window's wakers train from.
+
+Like :class:`~murmura.clock.federated.ClockedFederation`, the runner is the engine's stage for
+time (it writes the simulation's rows and byte ledgers); the exchange itself is the pure
+per-pair rule :func:`exchange`, the one a real peer would run.
 
 >>> from murmura.data import federate
 >>> from murmura.swarm import Simulation
@@ -29,6 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.func import vmap
 
 from murmura.clock.availability import make_availability
 from murmura.clock.draws import keyed_exponential, keyed_uniform
@@ -94,35 +101,43 @@ class ClockedGossip:
         lost = keyed_uniform(sim.seed, "clock.gossip-drop", nodes, counter,
                              torch.arange(2).unsqueeze(1)) < self.drop  # [2, m]: there, back
         size = float(sim.message_bytes)
-        for i, j, ok, lost_there, lost_back in zip(nodes.tolist(), peers.tolist(),
-                                                   there.tolist(), lost[0].tolist(),
-                                                   lost[1].tolist()):
-            if j < 0:
-                continue
-            self._exchange(i, j, ok, lost_there, lost_back, size)
+        self._exchanges(nodes[has], peers[has], there[has], lost[0][has], lost[1][has], size)
         self.log.record(times, EventKind.GOSSIP_WAKE, nodes, nbytes=size)
 
     def _exchange(self, i: int, j: int, ok: bool, lost_there: bool, lost_back: bool,
                   size: float) -> None:
         """One exchange between waker ``i`` and neighbour ``j`` (``ok``: ``j`` is online)."""
-        sim = self.sim
-        x = sim.params
-        mine, theirs = x[i].clone(), x[j].clone()
-        if self.protocol in ("pairwise", "push"):  # i -> j
-            sim.bytes_sent[i] += size
-            if ok and not lost_there:
-                sim.bytes_received[j] += size
-                x[j] = (theirs + mine) / 2
-            else:
-                self.dropped += 1
-        if self.protocol in ("pairwise", "pull") and ok:  # j -> i (a request costs nothing)
-            sim.bytes_sent[j] += size
-            if not lost_back:
-                sim.bytes_received[i] += size
-                x[i] = (mine + theirs) / 2
-            else:
-                self.dropped += 1
-        self.exchanges += 1
+        flag = torch.tensor
+        self._exchanges(flag([i]), flag([j]), flag([ok]), flag([lost_there]), flag([lost_back]),
+                        size)
+
+    def _exchanges(self, wakers: Tensor, peers: Tensor, online: Tensor, lost_there: Tensor,
+                   lost_back: Tensor, size: float) -> None:
+        """A window's exchanges, in event order: :func:`exchange` vmapped over each wave of
+        node-disjoint pairs (a pair's wave follows every earlier pair sharing a node with it, so
+        the waves in order give exactly the one-by-one result), and their bytes counted."""
+        if not len(wakers):
+            return
+        push = self.protocol in ("pairwise", "push")
+        pull = self.protocol in ("pairwise", "pull")
+        heard_there = online & ~lost_there & push
+        heard_back = online & ~lost_back & pull
+        sim, x = self.sim, self.sim.params
+        for pairs in _waves(wakers.tolist(), peers.tolist()):
+            i, j = wakers[pairs], peers[pairs]
+            rows_i, rows_j = i.to(sim.device), j.to(sim.device)
+            x[rows_i], x[rows_j] = vmap(exchange)(x[rows_i], x[rows_j], heard_back[pairs],
+                                                  heard_there[pairs])
+        def count(ledger: Tensor, nodes: Tensor, flags: Tensor) -> None:
+            ledger.index_add_(0, nodes.to(ledger.device),
+                              flags.to(ledger.device, torch.float64) * size)
+
+        count(sim.bytes_sent, wakers, torch.full_like(online, push))
+        count(sim.bytes_received, peers, heard_there)
+        count(sim.bytes_sent, peers, online & pull)  # an answer; the request costs nothing
+        count(sim.bytes_received, wakers, heard_back)
+        self.dropped += int((push & ~heard_there).sum()) + int((online & pull & lost_back).sum())
+        self.exchanges += len(wakers)
 
     def run(self, until: float, eval_every: float, callback: Any = None
             ) -> list[dict[str, Any]]:
@@ -149,4 +164,27 @@ class ClockedGossip:
         return self.records
 
 
-__all__ = ["ClockedGossip", "PROTOCOLS"]
+def exchange(mine: Tensor, theirs: Tensor, i_hears: Tensor, j_hears: Tensor
+             ) -> tuple[Tensor, Tensor]:
+    """The gossip rule for ONE pair: a side that heard the other's model replaces its own by the
+    average, ``x <- (x_i + x_j) / 2``; one that heard nothing keeps it. The protocol only decides
+    who may hear (push: the neighbour, pull: the waker, pairwise: both)."""
+    average = (mine + theirs) / 2
+    return torch.where(i_hears, average, mine), torch.where(j_hears, average, theirs)
+
+
+def _waves(wakers: list[int], peers: list[int]) -> list[Tensor]:
+    """Positions of the pairs grouped into waves of node-disjoint pairs, in order: a pair goes
+    one wave after the latest earlier pair that shares a node with it."""
+    last: dict[int, int] = {}
+    waves: list[list[int]] = []
+    for k, (i, j) in enumerate(zip(wakers, peers)):
+        wave = max(last.get(i, -1), last.get(j, -1)) + 1
+        if wave == len(waves):
+            waves.append([])
+        waves[wave].append(k)
+        last[i] = last[j] = wave
+    return [torch.tensor(w) for w in waves]
+
+
+__all__ = ["ClockedGossip", "PROTOCOLS", "exchange"]

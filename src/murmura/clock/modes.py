@@ -163,8 +163,8 @@ class AsyncFedAvg:
 class FedBuff:
     """FedBuff (Nguyen et al., AISTATS 2022): the server adds ``s(tau) delta_i`` to a buffer and,
     once it holds ``K`` updates, steps ``x <- x + server_lr buffer / K`` (a new version).
-    Updates staler than ``max_staleness`` are dropped (staleness 0 is counted for them in the
-    log only as received)."""
+    Updates staler than ``max_staleness`` are dropped: they are logged with their staleness
+    and change nothing."""
 
     K: int = 10
     server_lr: float = 1.0

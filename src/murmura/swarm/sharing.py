@@ -23,11 +23,11 @@ class RowSharing:
 
     def _share_rows(self, plan: Any) -> None:
         for name in (*plan.reads, *plan.sends):
-            if name not in self.node_state or self.node_state_specs[name].shape[:1] != ("n",):
-                raise ValueError(
-                    f"ShareRows reads and sends per-peer tables, node state shaped ('n', ...); "
-                    f"{name!r} is {'not declared' if name not in self.node_state else 'shaped '}"
-                    f"{self.node_state_specs[name].shape if name in self.node_state else ''}")
+            spec = self.node_state_specs.get(name)
+            if spec is None or spec.shape[:1] != ("n",):
+                found = "not declared" if spec is None else f"shaped {spec.shape}"
+                raise ValueError(f"ShareRows reads and sends per-peer tables, node state shaped "
+                                 f"('n', ...); {name!r} is {found}")
         index, mask = self._neighbourhoods(plan.matrix)
         lo = self.first_node
         rows, slots = torch.nonzero(mask > 0, as_tuple=True)
