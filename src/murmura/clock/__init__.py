@@ -55,11 +55,13 @@ from murmura.clock.intervals import IntervalAvailability
 from murmura.clock.links import LINK_MODELS, Links, make_links
 from murmura.clock.log import EventLog
 from murmura.clock.markov import MarkovChurn
+from murmura.clock.modest import ClockedModest
 from murmura.clock.toy import BufferedRun, BufferedSchedule, BufferedState, simulate_buffered
 
 __all__ = [
     "AVAILABILITY", "COMPUTE", "LINK_MODELS", "SERVER", "AlwaysOnline", "Availability",
-    "Bernoulli", "BufferedRun", "BufferedSchedule", "BufferedState", "ComputeModel",
+    "Bernoulli", "BufferedRun", "BufferedSchedule", "BufferedState", "ClockedModest",
+    "ComputeModel",
     "ConstantCompute", "Diurnal", "Event", "EventKind", "EventLog", "EventQueue",
     "IntervalAvailability", "Links", "LognormalCompute", "MarkovChurn", "NodeCounters",
     "ParetoCompute", "PermanentFailure", "TraceCompute", "Window", "make_availability",
