@@ -139,6 +139,16 @@ class ClockedGossip:
         self.dropped += int((push & ~heard_there).sum()) + int((online & pull & lost_back).sum())
         self.exchanges += len(wakers)
 
+    def advance(self, until: float) -> int:
+        """Process every wake-up up to simulated time ``until`` (no evaluation); returns how
+        many wake-ups that was."""
+        before = int(self.wakes.sum())
+        while True:
+            w = self.queue.pop_window(self.window, until=until + 1e-12)
+            if not len(w):
+                return int(self.wakes.sum()) - before
+            self._wake(w.nodes, w.times)
+
     def run(self, until: float, eval_every: float, callback: Any = None
             ) -> list[dict[str, Any]]:
         """Run until simulated time ``until``, evaluating every ``eval_every`` seconds;
@@ -149,10 +159,7 @@ class ClockedGossip:
         self.records: list[dict[str, Any]] = []
         next_eval = eval_every
         while next_eval <= until + 1e-12:
-            w = self.queue.pop_window(self.window, until=next_eval + 1e-12)
-            if len(w):
-                self._wake(w.nodes, w.times)
-                continue
+            self.advance(next_eval)
             sim = self.sim
             record = {"time": next_eval, "exchanges": self.exchanges,
                       "dropped": self.dropped, "wakes": int(self.wakes.sum()),
