@@ -140,8 +140,10 @@ def _leave_process(code: int) -> None:
 
 def _print_final(result: Any) -> None:
     final = result.final
-    table = Table(title=f"{result.status}: {result.summary.get('rounds_done', 0)} rounds",
-                  show_header=False)
+    done = f"{result.summary.get('rounds_done', 0)} rounds"
+    if "simulated_seconds" in result.summary:  # a clocked run: its rows are evaluations
+        done = f"{result.summary['simulated_seconds']:g} simulated seconds"
+    table = Table(title=f"{result.status}: {done}", show_header=False)
 
     def pct(key: str) -> str:
         value = final.get(key)

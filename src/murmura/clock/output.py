@@ -11,6 +11,9 @@ and the curves against simulated seconds and bytes.
   ``busy_seconds`` and ``idle_seconds`` per node (online and neither computing nor
   transferring; for gossip, a wake-up's work takes no simulated time, so busy is 0);
 * ``curves.png``: test accuracy against simulated seconds and against bytes sent.
+
+Its pieces (:func:`write_metrics`, :func:`clock_summary`, :func:`plot_curves`) also write a
+clocked ``murmura run``'s directory (:mod:`murmura.runner.clocked`).
 """
 
 from __future__ import annotations
@@ -29,23 +32,50 @@ def write_run(run: Any, run_dir: str | Path) -> Path:
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     run.log.write(out)
-    columns = ["time"] + sorted({k for r in records for k in r} - {"time"})
-    with (out / "metrics.csv").open("w", newline="") as sink:
-        writer = csv.DictWriter(sink, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(records)
-    n, horizon = run.sim.num_nodes, float(records[-1]["time"])
-    busy = run.log.busy_time(n)
-    idle = run.log.idle_time(run.availability, n, horizon)
-    summary = {"final": records[-1], "simulated_seconds": horizon, "events": len(run.log),
-               "staleness": {str(k): v for k, v in run.log.staleness_counts().items()},
-               "busy_seconds": busy.tolist(), "idle_seconds": idle.tolist()}
+    write_metrics(records, out / "metrics.csv")
+    summary = {"final": records[-1], **clock_summary(run, records)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    _plot(records, out / "curves.png")
+    plot_curves(records, out / "curves.png")
     return out
 
 
-def _plot(records: list[dict[str, Any]], path: Path) -> None:
+def metric_columns(records: list[dict[str, Any]]) -> list[str]:
+    """``time`` first, then the names a round-based ``metrics.csv`` has too, in its order
+    (:data:`murmura.metrics.COLUMNS`), then the clock's own, sorted."""
+    from murmura.metrics.history import COLUMNS
+
+    present = {k for r in records for k in r} - {"time"}
+    known = [k for k in COLUMNS if k in present]
+    return ["time", *known, *sorted(present - set(known))]
+
+
+def write_metrics(records: list[dict[str, Any]], path: str | Path) -> Path:
+    """One row per evaluation (:func:`metric_columns`); non-finite values are left empty."""
+    from murmura.metrics.history import plain
+
+    path = Path(path)
+    with path.open("w", newline="") as sink:
+        writer = csv.DictWriter(sink, fieldnames=metric_columns(records) if records
+                                else ["time"])
+        writer.writeheader()
+        writer.writerows({k: plain(v) for k, v in r.items()} for r in records)
+    return path
+
+
+def clock_summary(run: Any, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The clock's part of a summary: the simulated seconds evaluated (the last record's
+    time), the events logged, the staleness distribution and each node's busy and idle
+    seconds up to that time."""
+    n, horizon = run.sim.num_nodes, float(records[-1]["time"]) if records else 0.0
+    busy = run.log.busy_time(n)
+    idle = run.log.idle_time(run.availability, n, horizon)
+    return {"simulated_seconds": horizon, "events": len(run.log),
+            "staleness": {str(k): v for k, v in run.log.staleness_counts().items()},
+            "busy_seconds": busy.tolist(), "idle_seconds": idle.tolist()}
+
+
+def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
+    """Test accuracy against simulated seconds and against MB sent (all nodes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,6 +93,7 @@ def _plot(records: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return Path(path)
 
 
-__all__ = ["write_run"]
+__all__ = ["clock_summary", "metric_columns", "plot_curves", "write_metrics", "write_run"]

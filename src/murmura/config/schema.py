@@ -20,6 +20,7 @@ True
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib
 import inspect
@@ -28,7 +29,16 @@ import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -349,7 +359,8 @@ class ParticipationConfig(Section):
 class EvaluationConfig(Section):
     """What is measured, and how often."""
 
-    every: int = Field(1, ge=0, description="evaluate every k rounds and on the last (0: off)")
+    every: int = Field(1, ge=0, description="evaluate every k rounds and on the last (0: off; "
+                       "a clocked run: clock.eval_every)")
     node_samples: int = Field(
         500, ge=0, description="test samples each node's own model is scored on (0: skip)"
     )
@@ -423,17 +434,200 @@ class AdversaryConfig(Section):
                          receives=self.receives)
 
 
+# settings a clocked run has no use for: the clock decides who trains and when they communicate
+_ROUND_PARAMS = ("fraction", "clients_per_round", "participation", "communicate_every",
+                 "late_fraction", "final_merge")
+
+
+class ClockConfig(Section):
+    """Simulated time instead of rounds: a federated clock mode or gossip on Poisson clocks."""
+
+    until: float = Field(
+        gt=0, allow_inf_nan=False, description="simulated seconds to run; the run's length "
+        "(the top-level rounds is ignored by a clocked run)"
+    )
+    eval_every: float = Field(
+        gt=0, allow_inf_nan=False, description="evaluate every this many simulated seconds "
+        "(one row of metrics.csv each); at most until"
+    )
+    window: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="events within this many simulated "
+        "seconds are processed as one vectorized step (0: the exact event order)"
+    )
+    mode: str | dict[str, Any] | None = Field(
+        None, description="federated: what the server does with what arrives, a name or a "
+        "table (async, fedasync, fedbuff, fedfix, sync; e.g. { name = 'fedbuff', K = 10 }); "
+        "the algorithm must have a server (fedavg, ...); set this or protocol"
+    )
+    protocol: Literal["pairwise", "push_pull", "push", "pull"] | None = Field(
+        None, description="decentralized: gossip on each node's Poisson clock over the "
+        "[topology] (pairwise = push_pull, push, pull); the algorithm must be a gossip one "
+        "(dsgd, ...); set this or mode"
+    )
+    concurrency: int | None = Field(
+        None, ge=1, description="federated: clients training at once (FedBuff's maximum "
+        "concurrency; default: every online client)"
+    )
+    weighting: Literal["samples", "uniform"] | None = Field(
+        None, description="federated: each client's weight p_i, its data share (samples, the "
+        "default) or 1/n (uniform)"
+    )
+    train_loss: bool | None = Field(
+        None, description="federated: each evaluation also scores the server's model on the "
+        "whole training set (train_loss, train_accuracy; default false)"
+    )
+    compute: str | dict[str, Any] | None = Field(
+        None, description="federated: seconds per local step, a name or a table (constant, "
+        "lognormal, pareto, trace; e.g. { name = 'lognormal', mu = -2.0, sigma = 0.5 }); "
+        "default one second per step"
+    )
+    links: dict[str, Any] | None = Field(
+        None, description="federated: a table of latency, up, down (or bandwidth), each a "
+        "number or a link model table, and server_latency, server_up, server_down (seconds, "
+        "bytes/s); default instant links"
+    )
+    rate: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="gossip: wake-ups per node per simulated "
+        "second (default 1)"
+    )
+    drop: float | None = Field(
+        None, ge=0, lt=1, description="gossip: probability that a message is lost (default 0)"
+    )
+    availability: str | dict[str, Any] | None = Field(
+        None, description="who is online, a name or a table (always, bernoulli, markov, "
+        "diurnal, trace; e.g. { name = 'markov', mean_on = 60.0, mean_off = 30.0 }; "
+        "fail_at with fail_fraction or fail_nodes: permanent failures); default always"
+    )
+
+    @field_validator("mode", "compute", "availability", mode="before")
+    @classmethod
+    def _name_or_table(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and not isinstance(value, (str, dict)):
+            raise ValueError(f"must be a name or a table {{ name = ..., ... }}, got {value!r}")
+        if isinstance(value, dict) and not isinstance(value.get("name"), str):
+            raise ValueError(f"a table needs name = \"...\", got {value!r}")
+        return value
+
+    @field_validator("eval_every")
+    @classmethod
+    def _evaluated_once(cls, value: float, info: ValidationInfo) -> float:
+        until = info.data.get("until")
+        if until is not None and value > until:
+            raise ValueError(f"{value} > clock.until = {until}: the run would never be "
+                             "evaluated; make it at most until")
+        return value
+
+    @field_validator("mode")
+    @classmethod
+    def _check_mode(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        from murmura.clock.modes import CLOCK_MODES, make_mode
+
+        name = value if isinstance(value, str) else value["name"]
+        if name not in CLOCK_MODES:
+            raise ValueError(CLOCK_MODES._unknown_message(name))
+        accepted = list(inspect.signature(CLOCK_MODES.get(name)).parameters)
+        for key in value if isinstance(value, dict) else ():
+            if key != "name" and key not in accepted:
+                same = [a for a in accepted if a.lower() == key.lower()]
+                raise ValueError(f"clock mode {name!r} has no parameter {key!r}"
+                                 + (f" (did you mean {same[0]!r}?)" if same
+                                    else _did_you_mean(key, accepted))
+                                 + f"; its parameters: {', '.join(accepted) or '(none)'}")
+        try:
+            make_mode(value)
+        except (ValueError, TypeError) as error:
+            raise ValueError(str(error)) from None
+        return value
+
+    @field_validator("protocol")
+    @classmethod
+    def _one_kind(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("mode") is not None:
+            raise ValueError("clock.mode is set too: a clocked run is either federated (mode, "
+                             "at a server) or gossip (protocol, over a graph); remove one")
+        return value
+
+    @field_validator("concurrency", "weighting", "train_loss", "compute", "links")
+    @classmethod
+    def _federated_only(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("protocol") is not None:
+            raise ValueError(f"a federated setting (the server's clients), but clock.protocol "
+                             f"makes this a gossip run; remove {info.field_name}"
+                             + (" (a gossip wake-up's work takes no simulated time)"
+                                if info.field_name in ("compute", "links") else ""))
+        return value
+
+    @field_validator("rate", "drop")
+    @classmethod
+    def _gossip_only(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("mode") is not None:
+            raise ValueError(f"a gossip setting, but clock.mode makes this a federated run; "
+                             f"remove {info.field_name}")
+        return value
+
+    @field_validator("compute", "availability")
+    @classmethod
+    def _known_model(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return value
+        from murmura.clock import AVAILABILITY, COMPUTE
+
+        registry = COMPUTE if info.field_name == "compute" else AVAILABILITY
+        name = value if isinstance(value, str) else value.get("name")
+        if name is not None and name not in registry:
+            raise ValueError(registry._unknown_message(name))
+        return value
+
+    @model_validator(mode="after")
+    def _kind_given(self) -> ClockConfig:
+        if self.mode is None and self.protocol is None:
+            raise ValueError(
+                "set mode (federated: a server, e.g. mode = { name = \"fedbuff\", K = 10 }) "
+                "or protocol (gossip over the [topology], e.g. protocol = \"pairwise\")"
+            )
+        return self
+
+    @property
+    def federated(self) -> bool:
+        return self.mode is not None
+
+    def evaluations(self) -> int:
+        """How many evaluations the run makes (the clock's own loop: ``eval_every``, twice, ...
+        up to ``until``)."""
+        count, at = 0, self.eval_every
+        while at <= self.until + 1e-12:
+            count, at = count + 1, at + self.eval_every
+        return count
+
+    def runner_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``ClockedFederation`` or ``ClockedGossip`` (after the
+        simulation), with the defaults of the unset ones."""
+        shared = {"availability": copy.deepcopy(self.availability), "window": self.window}
+        if self.federated:
+            return {"mode": copy.deepcopy(self.mode), "compute": copy.deepcopy(self.compute),
+                    "links": copy.deepcopy(self.links), "concurrency": self.concurrency,
+                    "weighting": self.weighting or "samples",
+                    "train_loss": bool(self.train_loss), **shared}
+        return {"protocol": self.protocol, "rate": 1.0 if self.rate is None else self.rate,
+                "drop": 0.0 if self.drop is None else self.drop, **shared}
+
+
 class OutputConfig(Section):
     """What a run writes into its run directory."""
 
     dir: str = Field("runs", description="parent folder of run directories (murmura run --out "
                      "sets the run directory itself)")
     checkpoint_every: int = Field(
-        10, ge=0, description="save the swarm state every k rounds (0: only at the end)"
+        10, ge=0, description="save the swarm state every k rounds (0: only at the end; a "
+        "clocked run saves none: it cannot be resumed)"
     )
     keep_checkpoints: int = Field(2, ge=1, description="how many recent checkpoints to keep")
-    plots: bool = Field(True, description="draw plots/*.png at the end")
-    report: bool = Field(True, description="write the self-contained report.html at the end")
+    plots: bool = Field(True, description="draw plots/*.png at the end (a clocked run: "
+                        "plots/curves.png)")
+    report: bool = Field(True, description="write the self-contained report.html at the end "
+                         "(round-based runs; a clocked run writes none)")
     loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list,
         description="extra loggers (each needs its extra: pip install 'murmura[tensorboard]')",
@@ -446,7 +640,10 @@ class Experiment(Section):
     name: str = Field("experiment", min_length=1, description="label of the run")
     description: str = Field("", description="free text, shown in the report")
     seed: int = Field(0, ge=0, description="the one seed every random draw is keyed by")
-    rounds: int = Field(20, ge=1, description="number of rounds")
+    rounds: int = Field(
+        20, ge=1, description="number of rounds (ignored by a clocked run: clock.until sets "
+        "its length)"
+    )
     imports: list[str] = Field(
         default_factory=list,
         description="Python modules imported first, so that the models, datasets, topologies "
@@ -476,6 +673,10 @@ class Experiment(Section):
     )
     adversary: AdversaryConfig | None = Field(
         None, description="malicious nodes and their attack (robustness experiments)"
+    )
+    clock: ClockConfig | None = Field(
+        None, description="run on the virtual clock (simulated seconds, docs/clock.md) instead "
+        "of rounds"
     )
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
@@ -639,6 +840,8 @@ class Experiment(Section):
                 self.adversary.build().how_many(self.data.nodes)
             except (ValueError, TypeError, KeyError) as error:
                 problems.append(f"adversary: {error}")
+        if self.clock is not None and algorithm is not None:
+            problems += self._clock_problems(algorithm)
         if self.topology is not None and not problems:
             try:
                 topology = self.build_topology(
@@ -648,11 +851,73 @@ class Experiment(Section):
                 problems.append(f"topology: {error}")
             else:
                 problems += _aggregation_problems(algorithm, topology, self.data.nodes)
+                if self.clock is not None and topology.time_varying:
+                    problems.append(
+                        f"clock.protocol: gossip on the clock draws neighbours from a static "
+                        f"graph; topology {self.topology.name!r} changes every round (use ring, "
+                        "random_regular, ...)"
+                    )
         elif algorithm is not None and not problems:
             problems += _aggregation_problems(algorithm, None, self.data.nodes)
         if problems:
             raise ConfigError(problems)
         return self
+
+    def _clock_problems(self, algorithm: Any) -> list[str]:
+        """What a [clock] section cannot run with: the algorithm's kind, round-based settings,
+        and the clock's models built for this experiment's nodes and seed."""
+        from murmura.clock import make_availability, make_compute, make_links
+
+        clock, name = self.clock, self.algorithm.name
+        assert clock is not None
+        problems = []
+        server = bool(getattr(algorithm.communication, "uses_server", False))
+        if clock.federated and not server:
+            other = (" (it gossips over a graph: set clock.protocol instead)"
+                     if algorithm.needs_topology else "")
+            problems.append(
+                f"clock.mode: a federated clock mode runs at a server, and algorithm {name!r} "
+                f"has none{other}; use a server algorithm such as fedavg"
+            )
+        if not clock.federated and not algorithm.needs_topology:
+            other = " (it has a server: set clock.mode instead)" if server else ""
+            problems.append(
+                f"clock.protocol: gossip on the clock needs a decentralized algorithm over a "
+                f"[topology] (e.g. dsgd on a ring); algorithm {name!r} is not one{other}"
+            )
+        if clock.concurrency is not None and clock.concurrency > self.data.nodes:
+            problems.append(f"clock.concurrency: {clock.concurrency} clients at once, but "
+                            f"data.nodes = {self.data.nodes}")
+        for key in _ROUND_PARAMS:
+            if key in self.algorithm.params:
+                problems.append(
+                    f"algorithm.{key}: a per-round setting, meaningless on the clock (who "
+                    "trains and when is clock.concurrency and clock.availability); remove it"
+                )
+        for section in ("schedule", "participation"):
+            if getattr(self, section) is not None:
+                problems.append(
+                    f"{section}: a per-round setting, meaningless on the clock (who trains "
+                    f"and when is clock.concurrency and clock.availability); remove [{section}]"
+                )
+        if self.adversary is not None:
+            problems.append("adversary: attacks run in rounds; a clocked run has none "
+                            "(remove [adversary] or [clock])")
+        if self.engine.backend != "local":
+            problems.append("engine.backend: a clocked run runs in one process; use "
+                            "backend = \"local\"")
+        for key, factory in (("compute", make_compute), ("links", make_links),
+                             ("availability", make_availability)):
+            spec = getattr(clock, key)
+            if spec is None:
+                continue
+            try:
+                factory(copy.deepcopy(spec), seed=self.seed, num_nodes=self.data.nodes)
+            except TypeError as error:
+                problems.append(f"clock.{key}: {_missing_clock_params(key, spec) or error}")
+            except (ValueError, KeyError, OSError, IndexError, RuntimeError) as error:
+                problems.append(f"clock.{key}: {error}")  # RuntimeError: torch's, on odd values
+        return problems
 
     def build_topology(self, require_connected: bool = False) -> Any:
         from murmura.topology import make_topology
@@ -666,6 +931,24 @@ class Experiment(Section):
             require_connected=require_connected,
             **self.topology.params,
         )
+
+
+def _missing_clock_params(key: str, spec: Any) -> str | None:
+    """``compute model 'lognormal' needs ...`` for a clock model missing a required parameter
+    (the factory's own TypeError names a private function)."""
+    from murmura.clock import AVAILABILITY, COMPUTE
+
+    registry = {"compute": COMPUTE, "availability": AVAILABILITY}.get(key)
+    if registry is None:
+        return None
+    name = spec if isinstance(spec, str) else spec.get("name")
+    given = spec if isinstance(spec, dict) else {}
+    missing = [k for k in _required(registry.get(name), ("seed", "num_nodes")) if k not in given]
+    if not missing:
+        return None
+    example = ", ".join(f"{k} = ..." for k in missing)
+    return (f"{registry.kind} {name!r} needs {', '.join(repr(k) for k in missing)}: "
+            f"{{ name = \"{name}\", {example} }}")
 
 
 def _aggregation_problems(algorithm: Any, topology: Any, nodes: int) -> list[str]:
@@ -758,6 +1041,7 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
 __all__ = [
     "LOGGERS",
     "AlgorithmChoice",
+    "ClockConfig",
     "ConfigError",
     "DataConfig",
     "DatasetChoice",

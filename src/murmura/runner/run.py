@@ -158,6 +158,11 @@ def run_experiment(
     ``torchrun`` launch; every rank calls this function, rank 0 writes the run directory."""
     console = console or Console(stderr=True)
     experiment.check()
+    if experiment.clock is not None:  # simulated seconds, not rounds: murmura.runner.clocked
+        from murmura.runner.clocked import run_clocked
+
+        return run_clocked(experiment, run_dir, resume=resume, progress=progress,
+                           console=console, command=command, backend=backend)
     backend = backend or experiment.engine.backend
     created_group = False
     if backend == "dist":

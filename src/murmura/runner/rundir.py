@@ -105,9 +105,11 @@ class RunDirectory:
             ) from None
         run = cls(target)
         resolved = experiment.model_copy(update={"provenance": provenance(command)})
+        again = (f"`murmura run --resume {target}` continues it" if experiment.clock is None
+                 else f"a clocked run: `murmura run {target / 'config.toml'} --out NEW_DIR` "
+                 "runs it again (it cannot be resumed)")
         (target / "config.toml").write_text(
-            f"# resolved configuration of run {target.name}; `murmura run --resume {target}` "
-            "continues it\n" + resolved.to_toml()
+            f"# resolved configuration of run {target.name}; {again}\n" + resolved.to_toml()
         )
         (target / "metrics.jsonl").write_text("")
         return run
@@ -190,6 +192,11 @@ class RunDirectory:
         }
         if message:
             summary["message"] = message
+        return self.save_summary(summary)
+
+    def save_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Write ``summary.json`` as :meth:`write_summary` does (a clocked run builds its own
+        summary, with the same keys and the clock's)."""
         (self.path / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         return summary
 
