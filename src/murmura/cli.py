@@ -1,4 +1,5 @@
-"""The ``murmura`` command: run, sweep, demo, list, compare, report."""
+"""The ``murmura`` command: run, sweep, demo, list, compare, report; keygen, node and launch
+(murmura.net.commands)."""
 
 from __future__ import annotations
 
@@ -352,6 +353,11 @@ def report(
     except ReportError as error:
         raise UserError(str(error)) from None
     out_console.print(f"report: {path}")
+
+
+from murmura.net.commands import register as _register_network  # noqa: E402
+
+_register_network(app, _guard, UserError)
 
 
 def _version(value: bool) -> None:

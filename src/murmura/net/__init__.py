@@ -1,8 +1,18 @@
 """Real peers: identity, the wire format, the receiver's checks and the gRPC transport.
 
-This package holds what a peer process needs below the algorithm (the runtime that runs a
-simulation's per-node rules with a batch of one node, ``murmura node`` and ``murmura
-launch``, is built on top of it). One module per concept:
+This package holds a real peer: the runtime that runs a simulation's per-node rules with a
+batch of one node, and what it needs below the algorithm. The runtime (imported from its
+modules, as it loads torch):
+
+* :mod:`~murmura.net.peer`: :class:`~murmura.net.peer.PeerSimulation`, the engine holding
+  one node, whose gossip, robust aggregation and server sums go over the network;
+* :mod:`~murmura.net.mesh`: :class:`~murmura.net.mesh.Mesh`, send and wait with a deadline
+  and a quorum, from the engine's synchronous code;
+* :mod:`~murmura.net.node`: one peer process (``murmura node``), the server of a star;
+* :mod:`~murmura.net.launch`: N local peers (``murmura launch``), gathered into one run;
+* :mod:`~murmura.net.commands`: the ``keygen``, ``node`` and ``launch`` commands.
+
+Below it, one module per concept:
 
 * :mod:`~murmura.net.identity`: :class:`Identity` (an Ed25519 signing key, a TLS key and
   self-signed certificate), :func:`generate` (``murmura keygen``), the peers file

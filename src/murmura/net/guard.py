@@ -188,12 +188,15 @@ class Counters:
         return out
 
 
-def _specs(expected: Mapping[str, Mapping[str, object]] | None
-           ) -> dict[str, dict[str, TensorSpec]] | None:
+def _specs(expected: Mapping[str, Mapping[str, object] | None] | None
+           ) -> dict[str, dict[str, TensorSpec] | None] | None:
     if expected is None:
         return None
     out: dict[str, dict[str, TensorSpec]] = {}
     for kind, tensors in expected.items():
+        if tensors is None:
+            out[kind] = None
+            continue
         out[kind] = {}
         for name, spec in tensors.items():
             if not isinstance(spec, TensorSpec):
@@ -208,13 +211,15 @@ class Guard:
 
     ``expected`` maps each payload kind the caller accepts to its tensors
     (``{"model": {"w": TensorSpec((784, 10), "float32")}}``, or ``(shape, dtype)`` pairs);
-    ``None`` accepts any kind and any tensors (still decoded and checked for NaN/Inf).
+    ``None`` accepts any kind and any tensors (still decoded and checked for NaN/Inf); a
+    kind mapped to ``None`` accepts any tensors. A kind ``family.n`` (the n-th exchange of a
+    round) that is not listed itself is checked against ``expected[family]``.
     ``insecure=True`` accepts frames without a TLS identity (plain TCP, for local tests):
     then only the Ed25519 signature tells who sent a frame. ``clock`` is for tests."""
 
     def __init__(self, me: str, run: str, peers: Peers, *, limits: Limits = DEFAULT_LIMITS,
                  behind: int = 1, ahead: int = 1,
-                 expected: Mapping[str, Mapping[str, object]] | None = None,
+                 expected: Mapping[str, Mapping[str, object] | None] | None = None,
                  rate: RateLimit = RateLimit(), replay_per_sender: int = 4096,
                  max_evidence: int = 1000, insecure: bool = False,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -236,6 +241,7 @@ class Guard:
         self.round = 0
         self.counters = Counters()
         self.evidence: list[Evidence] = []
+        self.latest: dict[str, int] = {}  # the highest round each proven sender signed
         self._buckets: dict[str, tuple[float, float]] = {}
         self._replay: dict[str, dict[int, set[tuple[int, bytes]]]] = defaultdict(dict)
         self._replay_size: dict[str, int] = defaultdict(int)
@@ -321,6 +327,8 @@ class Guard:
         if not verify_signature(frame, peer.public_key):
             raise Refused("bad_signature", f"envelope claiming {env.sender} round {env.round}")
         proven[0] = env.sender
+        if env.round > self.latest.get(env.sender, -1):  # even if refused as out of window
+            self.latest[env.sender] = env.round
         if tls_id is None:
             self._limit(env.sender)
         if env.receiver != self.me:
@@ -344,12 +352,14 @@ class Guard:
         seen.add((env.seq, env.nonce))
         self._replay_size[env.sender] += 1
         self._equivocation(env, frame.envelope_bytes, frame.signature)
-        if self.expected is not None and env.kind not in self.expected:
+        family = env.kind if self.expected is None or env.kind in self.expected else \
+            env.kind.split(".", 1)[0]
+        if self.expected is not None and family not in self.expected:
             raise Refused("unexpected_kind", f"kind {env.kind!r}; expected "
                                              f"{', '.join(self.expected) or 'none'}")
         tensors = decode_tensors(frame.payload, self.limits)
-        if self.expected is not None:
-            self._match(tensors, self.expected[env.kind])
+        if self.expected is not None and self.expected[family] is not None:
+            self._match(tensors, self.expected[family])
         for name, array in tensors.items():
             if array.dtype.kind == "f" and not np.isfinite(array).all():
                 raise Refused("non_finite", f"tensor {name!r} from {env.sender} has NaN or Inf")

@@ -45,9 +45,11 @@ class RunResult:
         return self.summary.get("final", {})
 
 
-def build_simulation(experiment: Experiment, backend: str | None = None) -> Any:
+def build_simulation(experiment: Experiment, backend: str | None = None, *,
+                     engine_class: type | None = None, **engine_kwargs: Any) -> Any:
     """The experiment's data, model, algorithm and topology as a ready Simulation (sharded
-    over the process group for ``backend="dist"``)."""
+    over the process group for ``backend="dist"``; ``engine_class`` and ``engine_kwargs``:
+    another Simulation subclass, such as a real peer's ``murmura.net.PeerSimulation``)."""
     from murmura.algorithms import make_algorithm
     from murmura.data import federate
     from murmura.swarm import Evaluation, Simulation
@@ -73,9 +75,9 @@ def build_simulation(experiment: Experiment, backend: str | None = None) -> Any:
     engine = experiment.engine
     if engine.threads is not None:
         torch.set_num_threads(engine.threads)
-    engine_class = Simulation
-    if (backend or engine.backend) == "dist":
+    if engine_class is None and (backend or engine.backend) == "dist":
         from murmura.dist import ShardedSimulation as engine_class
+    engine_class = engine_class or Simulation
     return engine_class(
         data,
         experiment.model.name,
@@ -91,6 +93,7 @@ def build_simulation(experiment: Experiment, backend: str | None = None) -> Any:
         fused=engine.fused,
         adversary=None if experiment.adversary is None else experiment.adversary.build(),
         task=experiment.task,
+        **engine_kwargs,
     )
 
 
