@@ -16,6 +16,13 @@ from rich.console import Console
 
 err_console = Console(stderr=True)
 
+Deadline = Annotated[float, typer.Option(help="seconds to wait for one exchange")]
+Quorum = Annotated[float, typer.Option(
+    help="fraction of the expected messages worth one more deadline")]
+Pace = Annotated[float, typer.Option(
+    help="the least seconds a round takes (0: as fast as the messages come)")]
+Overrides = Annotated[list[str] | None, typer.Option("--set", help="override a key")]
+
 
 def _settings(deadline: float, quorum: float, hello_timeout: float, pace: float,
               fail: Any) -> Any:
@@ -72,24 +79,23 @@ def register(app: typer.Typer, guard: Any, user_error: type[Exception]) -> None:
         key: Annotated[Path, typer.Option(help="this peer's key folder (murmura keygen)")],
         out: Annotated[Path, typer.Option(help="this peer's folder (metrics, checkpoints); "
                                                 "a folder with checkpoints resumes")],
-        set_: Annotated[list[str] | None, typer.Option("--set", help="override a key")] = None,
+        set_: Overrides = None,
         insecure: Annotated[bool, typer.Option(
             help="plain TCP without TLS, for local tests only (messages stay signed)")] = False,
-        deadline: Annotated[float, typer.Option(help="seconds to wait for one exchange")] = 30.0,
-        quorum: Annotated[float, typer.Option(
-            help="fraction of the expected messages worth one more deadline")] = 1.0,
+        deadline: Deadline = 30.0,
+        quorum: Quorum = 1.0,
         hello_timeout: Annotated[float, typer.Option(
             help="seconds to wait for the neighbours to come up")] = 120.0,
-        pace: Annotated[float, typer.Option(
-            help="the least seconds a round takes (0: as fast as the messages come)")] = 0.0,
+        pace: Pace = 0.0,
         checkpoint_every: Annotated[int, typer.Option(min=0, help="rounds between "
                                                       "checkpoints (0: never)")] = 1,
         idle_exit: Annotated[float, typer.Option(
             help="the server: seconds of silence after the last round before it exits")] = 30.0,
         log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "WARNING",
     ) -> None:
-        """Run one peer of an experiment: its node's rules, its data, its neighbours over
-        mutual TLS. Start one per machine (see docs/deploy.md)."""
+        """Run one peer of an experiment: its node's rules and data, over mutual TLS.
+
+        Start one per machine, with the same experiment and peers file (docs/deploy.md)."""
         from murmura.config import Experiment
         from murmura.net.identity import Identity, load_peers
         from murmura.net.node import run_node, run_relay
@@ -133,20 +139,20 @@ def register(app: typer.Typer, guard: Any, user_error: type[Exception]) -> None:
             min=1, help="number of peers (default: data.nodes)")] = None,
         out: Annotated[Path | None, typer.Option(
             help="the run directory (default: a new folder under output.dir)")] = None,
-        set_: Annotated[list[str] | None, typer.Option("--set", help="override a key")] = None,
+        set_: Overrides = None,
         insecure: Annotated[bool, typer.Option(
             help="plain TCP between the local peers (messages stay signed)")] = False,
-        deadline: Annotated[float, typer.Option(help="seconds to wait for one exchange")] = 30.0,
-        quorum: Annotated[float, typer.Option(
-            help="fraction of the expected messages worth one more deadline")] = 1.0,
-        pace: Annotated[float, typer.Option(
-            help="the least seconds a round takes (0: as fast as the messages come)")] = 0.0,
+        deadline: Deadline = 30.0,
+        quorum: Quorum = 1.0,
+        pace: Pace = 0.0,
         timeout: Annotated[float | None, typer.Option(
             help="stop the peers after this many seconds")] = None,
         quiet: Annotated[bool, typer.Option(help="no progress display")] = False,
     ) -> None:
-        """Run an experiment as N local peer processes on loopback (mutual TLS), gathered
-        into one run directory laid out like `murmura run`'s."""
+        """Run an experiment as N real peer processes on loopback, gathered into one run.
+
+        Each peer is a `murmura node` process (mutual TLS, signed messages); the run
+        directory is laid out like `murmura run`'s, the peers' own folders in OUT/peers."""
         from datetime import datetime
 
         from murmura.config import Experiment

@@ -189,7 +189,7 @@ def run_node(experiment: Any, node: int, peers: Peers, identity: Identity, out_d
         mesh.close()
     summary = {"node": node, "status": status, "rounds_done": sim.round, "total_rounds": total,
                "counters": mesh.counters(), "evidence": len(mesh.guard.evidence),
-               "late_exchanges": mesh.late_rounds}
+               "late_exchanges": mesh.late_rounds, "peak_rss_bytes": _peak_rss()}
     if message:
         summary["message"] = message
     out.save_summary(summary)
@@ -245,9 +245,17 @@ def run_relay(experiment: Any, peers: Peers, identity: Identity, out_dir: str | 
     finally:
         mesh.close()
     summary = {"node": SERVER, "status": status, "rounds_done": last_round + 1,
-               "total_rounds": total, "sums": groups, "counters": mesh.counters()}
+               "total_rounds": total, "sums": groups, "counters": mesh.counters(),
+               "peak_rss_bytes": _peak_rss()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory in bytes (Linux reports KiB)."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def _sum(got: dict[str, dict[str, np.ndarray]], clients: list[str]) -> np.ndarray:
