@@ -56,6 +56,8 @@ report = false
 SHAPES = {
     "dsgd": dict(algorithm="dsgd", topology='[topology]\nname = "ring"', extra=""),
     "fedavg": dict(algorithm="fedavg", topology="", extra=""),
+    "compressed": dict(algorithm="choco", topology='[topology]\nname = "ring"',
+                       extra='gamma = 0.2\ncompressor = { name = "top_k", ratio = 0.1 }'),
     "robust": dict(algorithm="dsgd", topology='[topology]\nname = "random_regular"\nk = 4',
                    extra='aggregator = { name = "trimmed_mean", fraction = 0.25 }'),
 }
@@ -83,7 +85,7 @@ def simulate(exp: Experiment):
     return sim
 
 
-@pytest.mark.parametrize("shape", ["dsgd", "fedavg", "robust"])
+@pytest.mark.parametrize("shape", ["dsgd", "fedavg", "compressed", "robust"])
 def test_launch_ends_with_the_simulators_metrics(tmp_path, shape):
     exp = experiment(tmp_path, shape)
     run, codes = launch(exp, tmp_path / "run", settings=PeerSettings(deadline_s=60.0))
