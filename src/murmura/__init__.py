@@ -16,13 +16,14 @@ from murmura.blackbox import BLACKBOX, fed_minimize  # noqa: E402
 from murmura.data import DATASETS, PARTITIONERS, federate, load_dataset  # noqa: E402
 from murmura.models import MODELS, build_model  # noqa: E402
 from murmura.robust import AGGREGATORS, ATTACKS, PREAGGREGATORS, Adversary  # noqa: E402
+from murmura.runner.kinds import KINDS  # noqa: E402
 from murmura.swarm.engine import Evaluation, Simulation  # noqa: E402
 from murmura.tasks import TASKS  # noqa: E402
 from murmura.topology import TOPOLOGIES, make_topology  # noqa: E402
 
 __all__ = [
-    "AGGREGATORS", "ALGORITHMS", "ATTACKS", "BLACKBOX", "COMPRESSORS", "DATASETS", "MODELS",
-    "PARTITIONERS", "PREAGGREGATORS", "TASKS", "TOPOLOGIES", "Adversary", "Evaluation",
+    "AGGREGATORS", "ALGORITHMS", "ATTACKS", "BLACKBOX", "COMPRESSORS", "DATASETS", "KINDS",
+    "MODELS", "PARTITIONERS", "PREAGGREGATORS", "TASKS", "TOPOLOGIES", "Adversary", "Evaluation",
     "Simulation", "__version__", "build_model", "fed_minimize", "federate", "load_dataset",
     "make_algorithm", "make_topology",
 ]

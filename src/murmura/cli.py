@@ -37,6 +37,7 @@ KINDS = {
     "compressors": "COMPRESSORS",
     "tasks": "TASKS",
     "blackbox": "BLACKBOX",
+    "kinds": "KINDS",
 }
 
 
@@ -253,6 +254,7 @@ def _supplied() -> dict[str, tuple[str, ...]]:
         "compressors": (),
         "tasks": (),
         "blackbox": ("problem", "rounds", "local_iters", "seed"),
+        "kinds": ("context",),
     }
 
 
@@ -271,8 +273,8 @@ def registry_of(kind: str) -> Any:
 def list_(
     kind: Annotated[str | None, typer.Argument(
         help="algorithms, topologies, datasets, partitions, models, weights, aggregators, "
-        "pre-aggregators, attacks, compressors, tasks or blackbox (federated black-box optimizers, "
-        "murmura.fed_minimize; default: all)")
+        "pre-aggregators, attacks, compressors, tasks, blackbox (federated black-box optimizers, "
+        "murmura.fed_minimize) or kinds (what an experiment runs; default: all)")
     ] = None,
     import_: Annotated[list[str] | None, typer.Option(
         "--import", help="a module that registers components (repeatable), as a config's "

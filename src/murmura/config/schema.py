@@ -296,6 +296,24 @@ class AlgorithmChoice(Component):
         return ALGORITHMS
 
 
+class KindChoice(Component):
+    """``kind = "swarm"`` (the default) or ``[kind]`` with ``name`` and the kind's parameters:
+    what the experiment runs (murmura list kinds)."""
+
+    kind: ClassVar[str] = "kind"
+    supplied: ClassVar[tuple[str, ...]] = ("context",)
+
+    @classmethod
+    def registry(cls) -> Registry:
+        from murmura.runner.kinds import KINDS
+
+        return KINDS
+
+
+# the sections only a swarm reads: set under another kind, they would be silently ignored
+SWARM_ONLY = ("topology", "algorithm", "schedule", "participation", "adversary", "clock")
+
+
 class DataConfig(Section):
     """Which dataset, split how, over how many nodes."""
 
@@ -644,6 +662,11 @@ class Experiment(Section):
         20, ge=1, description="number of rounds (ignored by a clocked run: clock.until sets "
         "its length)"
     )
+    kind: KindChoice | None = Field(
+        None, description="what the experiment runs: 'swarm' (unset: the default, rounds of an "
+        "algorithm over nodes) or another registered kind with its parameters (murmura list "
+        "kinds)"
+    )
     imports: list[str] = Field(
         default_factory=list,
         description="Python modules imported first, so that the models, datasets, topologies "
@@ -752,8 +775,13 @@ class Experiment(Section):
         return cls.from_dict(values, search=(path.resolve().parent,))
 
     def to_dict(self) -> dict[str, Any]:
-        """The nested dict of this experiment, without unset optional sections."""
-        return _drop_none(self.model_dump(mode="json"))
+        """The nested dict of this experiment, without unset optional sections (nor, under a
+        kind other than swarm, the sections only a swarm reads)."""
+        values = _drop_none(self.model_dump(mode="json"))
+        if self.kind is not None and self.kind.name != "swarm":
+            for key in SWARM_ONLY:
+                values.pop(key, None)
+        return values
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
@@ -778,6 +806,12 @@ class Experiment(Section):
         from murmura.algorithms import make_algorithm
 
         problems: list[str] = []
+        if self.kind is not None and self.kind.name != "swarm":
+            unused = [f for f in SWARM_ONLY if f in self.model_fields_set]
+            if unused:
+                raise ConfigError([f"{f}: kind {self.kind.name!r} does not read it (only a "
+                                   "swarm does); remove it" for f in unused])
+            return self
         algorithm = None
         if self.schedule is not None:
             accepted, _, _ = _signature(self.algorithm.registry().get(self.algorithm.name), ())

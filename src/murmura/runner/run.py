@@ -161,6 +161,11 @@ def run_experiment(
     ``torchrun`` launch; every rank calls this function, rank 0 writes the run directory."""
     console = console or Console(stderr=True)
     experiment.check()
+    if experiment.kind is not None and experiment.kind.name != "swarm":
+        from murmura.runner.kinds import run_kind
+
+        return run_kind(experiment, run_dir, resume=resume, progress=progress,
+                        console=console, command=command)
     if experiment.clock is not None:  # simulated seconds, not rounds: murmura.runner.clocked
         from murmura.runner.clocked import run_clocked
 
