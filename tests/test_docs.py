@@ -22,7 +22,7 @@ def restored_registries():
 
     registries = [murmura.ALGORITHMS, murmura.DATASETS, murmura.MODELS, murmura.PARTITIONERS,
                   murmura.TOPOLOGIES, MIXING, murmura.AGGREGATORS, murmura.ATTACKS,
-                  murmura.COMPRESSORS, murmura.TASKS]
+                  murmura.COMPRESSORS, murmura.TASKS, murmura.KINDS]
     saved = [dict(r._entries) for r in registries]
     yield
     for registry, entries in zip(registries, saved):
