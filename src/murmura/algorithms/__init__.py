@@ -12,6 +12,7 @@ from murmura.algorithms import (  # noqa: F401
     fedau,
     federated,
     fedgela,
+    fedoomd,
     fedspeed,
     modest,
     monna,
