@@ -176,3 +176,26 @@ def test_experiment_quick_mode(tmp_path):
     result = json.loads((tmp_path / "results" / "gbnn_quick.json").read_text())
     assert set(result["table"]["breast_cancer"]) == {"gbnn", *run.MLPS}
     assert (tmp_path / "gbnn_quick.png").exists()
+
+
+def test_the_gbnn_kind_records_the_staged_accuracy(tmp_path):
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    from murmura.config import Experiment
+    from murmura.learners.gbnn import GBNNClassifier
+    from murmura.runner import run_experiment
+
+    exp = Experiment.from_dict({"seed": 1, "rounds": 3, "kind": {
+        "name": "gbnn", "dataset": "breast_cancer", "n_units": 6, "units_per_stage": 2},
+        "output": {"plots": False, "report": False}})
+    result = run_experiment(exp, tmp_path / "run", progress=False)
+    assert result.status == "completed" and [r["units"] for r in result.history] == [2, 4, 6]
+    X, y = load_breast_cancer(return_X_y=True)
+    a, b, ya, yb = train_test_split(X, y, test_size=0.25, stratify=y, random_state=1)
+    scaler = StandardScaler().fit(a)
+    model = GBNNClassifier(n_units=6, units_per_stage=2, learning_rate=0.5, subsample=0.5,
+                           seed=1).fit(scaler.transform(a), ya)
+    assert [r["test_accuracy"] for r in result.history] == model.staged_score(
+        scaler.transform(b), yb)
