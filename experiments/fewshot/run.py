@@ -80,7 +80,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     results = run(20 if args.quick else 300, args.out)
-    figure(results, args.out / "fewshot.png")
+    # the figure sits beside the README, as in every experiment folder (elsewhere with --out)
+    default = args.out == HERE / "results"
+    figure(results, (HERE if default else args.out) / "fewshot.png")
     for key, row in results.items():
         print(key, "  ".join(f"{m} {row[m]['mean']:.3f}±{row[m]['std']:.3f}" for m in METHODS))
 

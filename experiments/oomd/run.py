@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "quick" if args.quick else "results"
     (args.out / f"{stem}.json").write_text(json.dumps(out, indent=1))
-    plot(results, checkpoints, args.out / ("oomd_quick.png" if args.quick else "oomd.png"))
+    # the figure sits beside the README, as in every experiment folder (elsewhere with --out)
+    where = HERE if args.out == HERE / "results" else args.out
+    plot(results, checkpoints, where / ("oomd_quick.png" if args.quick else "oomd.png"))
     for name, rows in table.items():
         cells = []
         for arm, r in rows.items():

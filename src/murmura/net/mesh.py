@@ -41,6 +41,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from murmura.net.errors import WireError
 from murmura.net.guard import Guard, Message, RateLimit
 from murmura.net.identity import Identity, Peers
 from murmura.net.limits import DEFAULT_LIMITS, Limits
@@ -69,7 +70,10 @@ class Mesh:
         if identity is None:
             raise ValueError("a peer needs its identity (murmura keygen): it signs every "
                              "message, with or without TLS")
-        host, _, port = listen.rpartition(":")
+        host, sep, port = listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"listen address {listen!r} is not HOST:PORT (port 0: any free "
+                             "one)")
         self.me, self.run, self.peers, self.identity = me, run, peers, identity
         self.insecure, self.limits = insecure, limits
         self.guard = Guard(me, run, peers, limits=limits, behind=1, ahead=ahead,
@@ -209,6 +213,12 @@ class Mesh:
         with self._cv:
             self._cv.wait_for(lambda: first() is not None, timeout=timeout_s)
             return first()
+
+    def refuse(self, reason: str, sender: str, detail: str) -> None:
+        """Count and log a refusal the engine's side found (a tensor that is not the shape
+        the rule expects), on the event loop, where the guard's counters live."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.guard.record, WireError(reason, detail), sender)
 
     def latest_rounds(self) -> dict[str, int]:
         """The highest round each peer has signed a message to this one for (verified

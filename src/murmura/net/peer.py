@@ -37,7 +37,6 @@ import torch
 
 from murmura.algorithms.plans import ServerStep
 from murmura.metrics.evaluation import evaluate_model
-from murmura.net.errors import WireError
 from murmura.net.mesh import Mesh
 from murmura.swarm.engine import Simulation
 
@@ -155,10 +154,7 @@ class PeerSimulation(Simulation):
         return out
 
     def _refuse(self, reason: str, sender: str, detail: str) -> None:
-        mesh = self._net()
-        error = WireError(reason, detail)
-        if mesh._loop is not None:
-            mesh._loop.call_soon_threadsafe(mesh.guard.record, error, sender)
+        self._net().refuse(reason, sender, detail)
 
     @staticmethod
     def _numpy(t: torch.Tensor) -> np.ndarray:
