@@ -51,6 +51,20 @@ def test_a_kind_runs_into_a_run_directory(tmp_path, toy_kind):
     assert again.kind.name == toy_kind and again.kind.params == {"steps": 4, "rate": 0.5}
 
 
+def test_a_kinds_own_columns_get_a_figure_in_its_report(tmp_path, toy_kind):
+    from murmura.report import load_run
+    from murmura.report.kind_plots import own_columns
+
+    exp = Experiment.from_dict({"name": "t", "rounds": 4, "kind": {"name": toy_kind}})
+    result = run_experiment(exp, tmp_path / "run", progress=False)
+    assert result.status == "completed"
+    run = load_run(tmp_path / "run")
+    assert run.kind == toy_kind and own_columns(run) == ["loss", "seed"]
+    assert sorted(p.name for p in (tmp_path / "run" / "plots").glob("*.png")) == ["metrics.png"]
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert page.count('<img src="data:image/png;base64,') == 1 and "own columns: regret" in page
+
+
 def test_a_failing_kind_keeps_what_it_yielded(tmp_path, toy_kind):
     exp = Experiment.from_dict({"kind": {"name": toy_kind, "fail_at": 2},
                                 "output": {"plots": False, "report": False}})

@@ -15,6 +15,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from murmura.report.kind_plots import own_columns, own_columns_figure
 from murmura.report.run import Run, load_run
 
 __all__ = ["FIGURES", "make_plots", "planned_figures", "plot_comparison", "stale_figures"]
@@ -37,6 +38,10 @@ FIGURES: dict[str, str] = {
     ),
     "node_spread.png": "Spread of the node models' own accuracies: worst, mean and best node.",
     "topology.png": "Who talks to whom.",
+    "metrics.png": (
+        "Every other number the run recorded, each against rounds (a tool's own columns: "
+        "regret, returns, a selector's accuracy, ...)."
+    ),
 }
 
 # Fractions as percentages without trailing zeros: 17.5%, 18%, 18.5%.
@@ -125,6 +130,8 @@ def _plan(run: Run) -> list[tuple[str, Callable[[Run], Figure]]]:
         plan.append(("node_spread.png", _spread_figure))
     if run.topology:
         plan.append(("topology.png", _topology_figure))
+    if run.kind != "swarm" and own_columns(run):
+        plan.append(("metrics.png", own_columns_figure))
     return plan
 
 

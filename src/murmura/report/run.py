@@ -93,6 +93,12 @@ class Run:
         return self.last(name)
 
     @property
+    def kind(self) -> str:
+        """The experiment's kind (``swarm`` unless ``config.toml`` names another)."""
+        kind = self.config.get("kind")
+        return _first_str(kind.get("name") if isinstance(kind, dict) else kind) or "swarm"
+
+    @property
     def algorithm(self) -> str | None:
         return _first_str(self.simulation.get("algorithm"), _table(self.config, "algorithm"))
 
