@@ -61,8 +61,8 @@ ARMS = {
     "fedavg": ("", 'name = "fedavg"\nclients_per_round = 20'),
 }
 # without an adversary the honest-only columns are not written
-# the config measures neither honest nodes apart nor personal test splits
-EVALUATED = [c for c in EVALUATED_COLUMNS if not c.startswith(("honest_", "personal_"))]
+# the config measures neither honest nodes apart nor personal test splits (nor few-shot)
+EVALUATED = [c for c in EVALUATED_COLUMNS if not c.startswith(("honest_", "personal_", "fewshot_"))]
 COUNTED = ["bytes_sent", "bytes_received", "bytes_sent_total", "bytes_sent_per_node_max",
            "bytes_received_per_node_max", "server_bytes_sent_total"]
 

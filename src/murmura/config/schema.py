@@ -383,6 +383,14 @@ class EvaluationConfig(Section):
         500, ge=0, description="test samples each node's own model is scored on (0: skip)"
     )
     test_batch_size: int = Field(4096, ge=1, description="batch size of the evaluation")
+    fewshot_shots: int = Field(
+        0, ge=0, description="each node labels this many of its own held-out samples per class "
+        "and infers the rest on its model's features, reporting fewshot_accuracy (needs "
+        "data.local_test_fraction; 0: off)"
+    )
+    fewshot_method: Literal["simpleshot", "kmeans", "slk"] = Field(
+        "slk", description="the transductive inference of the few-shot evaluation"
+    )
 
 
 class EngineConfig(Section):
@@ -813,6 +821,9 @@ class Experiment(Section):
                                    "swarm does); remove it" for f in unused])
             return self
         algorithm = None
+        if self.evaluation.fewshot_shots and self.data.local_test_fraction is None:
+            problems.append("evaluation.fewshot_shots: each node needs held-out samples of its "
+                            "own to label and infer; set data.local_test_fraction (e.g. 0.3)")
         if self.schedule is not None:
             accepted, _, _ = _signature(self.algorithm.registry().get(self.algorithm.name), ())
             for key in self.schedule.as_params():

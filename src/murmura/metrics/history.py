@@ -23,6 +23,12 @@ COLUMNS: dict[str, str] = {
     "own model's accuracy on its own held-out samples",
     "personal_accuracy_min": "with local_test_fraction: the worst node's personal accuracy",
     "personal_accuracy_max": "with local_test_fraction: the best node's personal accuracy",
+    "fewshot_accuracy_mean": "with [evaluation] fewshot_shots: mean over nodes of each node's "
+    "transductive few-shot accuracy on its own held-out samples, its model's features",
+    "fewshot_accuracy_min": "with fewshot_shots: the worst node's few-shot accuracy",
+    "fewshot_accuracy_max": "with fewshot_shots: the best node's few-shot accuracy",
+    "fewshot_nodes": "with fewshot_shots: nodes scored (two classes with shots + 1 held-out "
+    "samples each, at least)",
     "honest_test_accuracy": "with an adversary: accuracy of the honest nodes' average model (the "
     "server's model at a server)",
     "honest_node_accuracy_mean": "with an adversary: mean of the honest nodes' own accuracies",
@@ -50,7 +56,8 @@ COLUMNS: dict[str, str] = {
 EVALUATED_COLUMNS: tuple[str, ...] = (
     "test_accuracy", "test_loss", "node_accuracy_mean", "node_accuracy_min", "node_accuracy_max",
     "consensus_distance", "personal_accuracy_mean", "personal_accuracy_min",
-    "personal_accuracy_max", "honest_test_accuracy", "honest_node_accuracy_mean",
+    "personal_accuracy_max", "fewshot_accuracy_mean", "fewshot_accuracy_min",
+    "fewshot_accuracy_max", "fewshot_nodes", "honest_test_accuracy", "honest_node_accuracy_mean",
     "honest_node_accuracy_min", "honest_consensus_distance",
 )
 

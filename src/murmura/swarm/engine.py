@@ -250,6 +250,11 @@ class Simulation(LocalTraining, Communication, Measurement, OrderedData):
             self._weighted_loss_with_extras if self._task_extras else self._weighted_loss))
         self._node_eval_subset = self._pick_node_eval_subset()
         self._personal_table: tuple | None = None
+        self._fewshot_tasks: list | None = None
+        if self.evaluation.fewshot_shots and self.data.test_parts is None:
+            raise ValueError("evaluation fewshot_shots needs each node's own held-out samples: "
+                             "hold some out with data.holdout(fraction) (TOML: "
+                             "data.local_test_fraction = 0.3)")
         self._check_order()
         self.round = 0
         self.total_rounds: int | None = None

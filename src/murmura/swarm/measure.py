@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import vmap
 
+from murmura.learners.fewshot import METHODS as FEWSHOT_METHODS
 from murmura.metrics.evaluation import evaluate_model, evaluate_nodes
 from murmura.swarm.fused import node_accuracy_shared_input
 from murmura.swarm.random import uniform
@@ -16,11 +17,16 @@ from murmura.swarm.random import uniform
 
 @dataclass(frozen=True)
 class Evaluation:
-    """What to measure and how often. ``every=0`` turns evaluation off (benchmarks)."""
+    """What to measure and how often. ``every=0`` turns evaluation off (benchmarks).
+    ``fewshot_shots > 0`` adds each node's few-shot accuracy on its own held-out samples
+    (:mod:`murmura.swarm.fewshot_eval`; needs ``data.holdout``), inferred by
+    ``fewshot_method`` (``simpleshot``, ``kmeans`` or ``slk``)."""
 
     every: int = 1
     node_samples: int = 500
     test_batch_size: int = 4096
+    fewshot_shots: int = 0
+    fewshot_method: str = "slk"
 
     def __post_init__(self) -> None:
         if int(self.every) != self.every or self.every < 0:
@@ -34,6 +40,12 @@ class Evaluation:
                 f"evaluation test_batch_size must be a positive integer, got "
                 f"{self.test_batch_size!r}"
             )
+        if int(self.fewshot_shots) != self.fewshot_shots or self.fewshot_shots < 0:
+            raise ValueError(f"evaluation fewshot_shots must be an integer >= 0 (0: off), got "
+                             f"{self.fewshot_shots!r}")
+        if self.fewshot_method not in FEWSHOT_METHODS:
+            raise ValueError(f"evaluation fewshot_method {self.fewshot_method!r}: choose one of "
+                             f"{', '.join(FEWSHOT_METHODS)}")
 
 
 _ROWS_PER_SUM = 256  # rows per float32 partial sum in evaluation reductions
@@ -122,6 +134,8 @@ class Measurement:
                 personal_accuracy_min=float(self._all_min(personal.min().reshape(1))),
                 personal_accuracy_max=float(self._all_max(personal.max().reshape(1))),
             )
+        if self.evaluation.fewshot_shots:
+            result.update(self._fewshot_metrics())
         if self.malicious is not None:
             result.update(self._honest_metrics(served, node_acc if subset is not None else None))
         return result
@@ -146,6 +160,34 @@ class Measurement:
             result.update(honest_node_accuracy_mean=float(mine.mean()),
                           honest_node_accuracy_min=float(mine.min()))
         return result
+
+    def _fewshot_metrics(self) -> dict[str, float]:
+        """Mean, worst and best of the nodes' few-shot accuracies, over the nodes that have a
+        task (``fewshot_nodes`` of them)."""
+        from murmura.swarm.fewshot_eval import feature_function, fewshot_accuracies, node_task
+
+        if self._fewshot_tasks is None:
+            labels = self.data.dataset.train_y.cpu()
+            self._fewshot_tasks = [
+                node_task(part, labels, self.evaluation.fewshot_shots, self.seed, node)
+                for node, part in enumerate(self.data.test_parts[self.first_node:self.last_node],
+                                            start=self.first_node)]
+        rows = self.params.cpu()
+        views = [self.spec.views(rows[i : i + 1]) for i in range(self.local_nodes)]
+        views = [{k: v[0] for k, v in view.items()} for view in views]
+        acc = fewshot_accuracies(feature_function(self.model), views, self._fewshot_tasks,
+                                 self.data.dataset.train_x.cpu(), self.evaluation.fewshot_method)
+        scored = acc[~acc.isnan()]
+        count = self._all_sum(torch.tensor([float(len(scored))], dtype=torch.float64))
+        if float(count) == 0:
+            return {"fewshot_nodes": 0.0}
+        total = self._all_sum(scored.sum().reshape(1).to(torch.float64))
+        low = scored.min() if len(scored) else torch.tensor(float("inf"))
+        high = scored.max() if len(scored) else torch.tensor(float("-inf"))
+        return {"fewshot_accuracy_mean": float(total) / float(count),
+                "fewshot_accuracy_min": float(self._all_min(low.reshape(1))),
+                "fewshot_accuracy_max": float(self._all_max(high.reshape(1))),
+                "fewshot_nodes": float(count)}
 
     def _rows_identical(self) -> bool:
         """Whether every row is known to hold the same model: true after a server average, void
