@@ -11,6 +11,7 @@ all nodes at once.
 __version__ = "0.1.0"
 
 import murmura.learners  # noqa: E402, F401  (registers the learners' kinds)
+import murmura.optim.blackbox  # noqa: E402, F401  (registers the blackbox kind)
 import murmura.optim.kinds  # noqa: E402, F401  (registers the online kind)
 from murmura.algorithms import ALGORITHMS, make_algorithm  # noqa: E402
 from murmura.algorithms.compressors import COMPRESSORS  # noqa: E402

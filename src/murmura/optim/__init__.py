@@ -4,7 +4,10 @@
 ``federated.md`` section 10) as pure functions (:class:`OOMD`, :class:`OptimisticONS`) and as
 a torch optimizer (:class:`OptimisticOMD`, alias :data:`OptimisticOGD`);
 :mod:`~murmura.optim.online`: SEA loss sequences, the exact :class:`RegretTracker`, and the
-:class:`OGD` baseline.
+:class:`OGD` baseline. :mod:`~murmura.optim.blackbox`: optimization through a trained network
+(spec section 14), :func:`minimize` by directional attacks (:mod:`~murmura.optim.directional`),
+cDSM (:mod:`~murmura.optim.cdsm`) or their hybrid, on a :class:`Problem`
+(:mod:`~murmura.optim.network_problems`: the teacher pilot, counterfactuals of a run's model).
 
 >>> from murmura.optim import OOMD, SEASequence, run_online
 >>> c, xi = SEASequence(dim=2, sigma=0.0).draw(50)
@@ -13,6 +16,17 @@ a torch optimizer (:class:`OptimisticOMD`, alias :data:`OptimisticOGD`);
 True
 """
 
+from murmura.optim.blackbox import METHODS, minimize, random_starts
+from murmura.optim.cdsm import Radii
+from murmura.optim.directional import Attack
+from murmura.optim.network_problems import (
+    Problem,
+    counterfactual_from_run,
+    counterfactual_problem,
+    load_run_model,
+    predicted_class,
+    teacher_problem,
+)
 from murmura.optim.online import (
     OGD,
     RegretTracker,
@@ -37,8 +51,10 @@ from murmura.optim.oomd import (
 )
 
 __all__ = [
-    "OGD", "ONSState", "OOMD", "OOMDState", "OptimisticOGD", "OptimisticOMD", "OptimisticONS",
-    "RegretTracker", "SEASequence", "adaptive_step", "adversarial_variation", "grad", "loss",
-    "project_ball", "project_ball_norm", "run_online", "stochastic_variance",
-    "strongly_convex_step",
+    "METHODS", "OGD", "ONSState", "OOMD", "OOMDState", "Attack", "OptimisticOGD",
+    "OptimisticOMD", "OptimisticONS", "Problem", "Radii", "RegretTracker", "SEASequence",
+    "adaptive_step", "adversarial_variation", "counterfactual_from_run",
+    "counterfactual_problem", "grad", "load_run_model", "loss", "minimize", "predicted_class",
+    "project_ball", "project_ball_norm", "random_starts", "run_online", "stochastic_variance",
+    "strongly_convex_step", "teacher_problem",
 ]
