@@ -102,3 +102,29 @@ def test_the_fewshot_kind_runs_from_a_config(tmp_path):
     last = result.history.records[-1]
     assert last["test_accuracy"] == last["slk_accuracy"]
     assert 0.5 < last["simpleshot_accuracy"] <= 1.0
+
+
+def test_the_fewshot_kind_reads_a_runs_model_features(tmp_path):
+    from murmura.config import Experiment
+    from murmura.learners.fewshot import run_features
+    from murmura.runner import run_experiment
+    from murmura.runner.trained import load_run_model
+
+    swarm = Experiment.from_dict({
+        "rounds": 2, "data": {"dataset": "digits", "nodes": 2, "partition": "iid"},
+        "model": {"name": "mlp", "hidden": [16]}, "algorithm": {"name": "fedavg", "lr": 0.3},
+        "output": {"plots": False, "report": False, "checkpoint_every": 0}})
+    assert run_experiment(swarm, tmp_path / "swarm", progress=False).status == "completed"
+    z, y = run_features(str(tmp_path / "swarm"))
+    model, _, dataset = load_run_model(tmp_path / "swarm")
+    assert z.shape == (dataset.num_train + dataset.num_test, 16) and len(y) == len(z)
+    # the penultimate layer: ReLU(W1 x + b1), then CL2N on the base classes' mean
+    x = torch.cat([dataset.train_x, dataset.test_x])
+    h = model[:-1](x)
+    expected = cl2n(h, h[y < 5].mean(0))
+    assert torch.allclose(z, expected, atol=1e-5)
+    exp = Experiment.from_dict({"seed": 0, "rounds": 1, "kind": {
+        "name": "fewshot", "run_dir": str(tmp_path / "swarm"), "tasks": 10, "batch": 10},
+        "output": {"plots": False, "report": False}})
+    result = run_experiment(exp, tmp_path / "run", progress=False)
+    assert result.status == "completed" and 0.2 < result.history.records[-1]["test_accuracy"]

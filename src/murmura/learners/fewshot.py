@@ -220,8 +220,8 @@ def sample_tasks(labels: Tensor, classes: list[int], *, ways: int, shot: int, qu
     return tuple(torch.stack(b) for b in out)  # type: ignore[return-value]
 
 
-__all__ = ["METHODS", "cl2n", "infer", "kmeans", "knn_affinity", "sample_tasks", "simpleshot",
-           "slk"]
+__all__ = ["METHODS", "cl2n", "infer", "kmeans", "knn_affinity", "run_features", "sample_tasks",
+           "simpleshot", "slk"]
 
 
 def digits_features(features: str, base_classes: int = 5) -> tuple[Tensor, Tensor]:
@@ -252,6 +252,30 @@ def digits_features(features: str, base_classes: int = 5) -> tuple[Tensor, Tenso
     return cl2n(z, z[torch.tensor(base)].mean(0)), torch.tensor(y)
 
 
+def run_features(run_dir: str, base_classes: int = 5) -> tuple[Tensor, Tensor]:
+    """Few-shot data from a murmura run: its dataset's samples (training and test sets) through
+    the run's trained model (:func:`murmura.runner.trained.load_run_model`, the nodes' mean),
+    its penultimate layer when it is an ``nn.Sequential`` ending in a ``Linear``, its outputs
+    otherwise; CL2N with the base classes' mean. Classes ``base_classes..`` are the novel ones:
+    a model trained on every class has seen them, so this measures how well a federation's
+    features separate classes, not few-shot transfer to unseen ones."""
+    from murmura.runner.trained import load_run_model
+    from murmura.swarm.fewshot_eval import feature_function
+
+    model, _, dataset = load_run_model(run_dir)
+    if dataset.num_classes < base_classes + 2:
+        raise ValueError(f"{run_dir}: its dataset has {dataset.num_classes} classes; few-shot "
+                         f"tasks need novel classes beyond the {base_classes} base ones")
+    x = torch.cat([dataset.train_x, dataset.test_x]).float()
+    y = torch.cat([dataset.train_y, dataset.test_y])
+    features = feature_function(model)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        z = torch.cat([features(params, x[i : i + 4096]).flatten(1)
+                       for i in range(0, len(x), 4096)])
+    return cl2n(z, z[y < base_classes].mean(0)), y
+
+
 def _register_kind() -> None:
     from murmura.runner.kinds import KINDS
 
@@ -259,12 +283,14 @@ def _register_kind() -> None:
                     "SimpleShot, K-means and SLK accuracy as tasks accumulate", overwrite=True)
     def fewshot_kind(context, features: str = "raw", shot: int = 1, ways: int = 5,
                      queries: int = 15, tasks: int = 300, batch: int = 50, lam: float = 0.7,
-                     knn: int = 3):
+                     knn: int = 3, run_dir: str | None = None):
         """One record per batch of tasks: each method's accuracy over the tasks so far
-        (``test_accuracy`` is SLK's), for one seed (the experiment's)."""
+        (``test_accuracy`` is SLK's), for one seed (the experiment's). With ``run_dir`` the
+        features are that murmura run's model's (:func:`run_features`, any dataset of 10
+        classes: novel classes 5-9) and ``features`` is not read."""
         if min(shot, ways, queries, tasks, batch, knn) < 1:
             raise ValueError("shot, ways, queries, tasks, batch and knn must be >= 1")
-        z, y = digits_features(features)
+        z, y = digits_features(features) if run_dir is None else run_features(run_dir)
         generator = torch.Generator().manual_seed(context.seed)
         correct = dict.fromkeys(METHODS, 0)
         seen = 0
