@@ -389,10 +389,24 @@ def test_error_messages_keep_square_brackets(tmp_path, capsys):
     assert "keys allowed in [data]" in capsys.readouterr().err.replace("\n", " ")
 
 
+# a tool's example, shrunk to seconds
+QUICK_KINDS = {
+    "online": ["rounds=2", "kind.horizon=200"],
+    "fewshot": ["kind.tasks=20", "kind.batch=10"],
+    "gbnn": ["kind.n_units=6"],
+    "blackbox": ["kind.budget=60", "kind.starts=2"],
+}
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "examples").glob("*.toml")), ids=lambda p: p.name)
 def test_every_example_runs(path, tmp_path):
     """Each example, shrunk to digits and two rounds (its structure is what is tested)."""
     exp = Experiment.from_toml(path)
+    if exp.kind is not None and exp.kind.name != "swarm":
+        quick = ["output.plots=false", "output.report=false", *QUICK_KINDS[exp.kind.name]]
+        result = run_experiment(exp.with_overrides(quick), tmp_path / "run", progress=False)
+        assert result.status == "completed" and len(result.history) >= 2, result.summary
+        return
     overrides = ["rounds=2", "evaluation.every=1", "data.nodes=16", "output.plots=false",
                  "output.report=false"]
     if exp.data.dataset.name == "fashion_mnist":

@@ -63,6 +63,20 @@ def test_a_kinds_own_columns_get_a_figure_in_its_report(tmp_path, toy_kind):
     assert sorted(p.name for p in (tmp_path / "run" / "plots").glob("*.png")) == ["metrics.png"]
     page = (tmp_path / "run" / "report.html").read_text()
     assert page.count('<img src="data:image/png;base64,') == 1 and "own columns: regret" in page
+    assert ">loss</th>" in page and "<td class=\"num\">0.125</td>" in page  # the rows table
+
+
+def test_a_sweep_of_a_kind_summarizes_its_own_numbers(tmp_path, toy_kind):
+    from murmura.runner.sweep import run_sweep
+
+    exp = Experiment.from_dict({"name": "t", "rounds": 3, "kind": {"name": toy_kind, "steps": 3},
+                                "output": {"plots": False, "report": False}})
+    runs = run_sweep(exp, {"kind.rate": [0.5, 0.1]}, [0, 1], tmp_path / "sweep")
+    rows = (tmp_path / "sweep" / "sweep.csv").read_text().splitlines()
+    assert rows[0] == "kind.rate,seed,status,seconds,loss,run_dir"  # the seed is the sweep's
+    summary = json.loads((tmp_path / "sweep" / "sweep_summary.json").read_text())["settings"]
+    assert [s["loss_mean"] for s in summary] == pytest.approx([0.25, 0.01])
+    assert all(r.status == "completed" for r in runs)
 
 
 def test_a_failing_kind_keeps_what_it_yielded(tmp_path, toy_kind):

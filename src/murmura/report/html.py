@@ -14,6 +14,7 @@ from typing import Any
 from murmura.metrics.history import COLUMNS
 from murmura.metrics.history import EVALUATED_COLUMNS as EVALUATION_COLUMNS
 from murmura.report.compare import PathLike, compare_runs, load_runs
+from murmura.report.kind_plots import own_columns
 from murmura.report.plots import FIGURES, make_plots, planned_figures, stale_figures
 from murmura.report.run import Run, load_run
 
@@ -455,6 +456,8 @@ def _rows_section(run: Run) -> str:
     if n == 0:
         return ""
     columns = [c for c in ROW_COLUMNS if c[0] in run.metrics or c[0] == "round"]
+    if run.kind != "swarm":  # a tool's own numbers: regret, returns, ...
+        columns[1:1] = [(col, col, "num") for col in own_columns(run)]
     start = max(0, n - LAST_ROWS)
     head = "".join(
         f"<th class=\"{'' if kind == 'text' else 'num'}\" title=\"{_e(COLUMNS.get(col, ''))}\">"
@@ -673,6 +676,8 @@ def _cell(value: Any, kind: str) -> str:
         return _mb_number(value / 1e6)
     if kind == "sec3":
         return f"{value:.3f}"
+    if kind == "num":
+        return f"{value:.6g}"
     return f"{value:,.1f}"
 
 

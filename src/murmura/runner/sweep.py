@@ -31,6 +31,24 @@ SUMMARY_METRICS = {
     "mb_sent_per_node": "MB/node",
     "seconds": "seconds",
 }
+MAX_KIND_METRICS = 6  # a kind's own final numbers shown beside the swarm's
+
+
+def summary_metrics(runs: list[SweepRun]) -> dict[str, str]:
+    """The columns of a sweep's summary: a swarm's :data:`SUMMARY_METRICS`; for a sweep of
+    another kind, those its runs report (and the time) and then the kind's own final numbers
+    (regret, returns, ...), at most :data:`MAX_KIND_METRICS`, in the order the runs wrote them."""
+    if all(r.kind == "swarm" for r in runs):
+        return dict(SUMMARY_METRICS)
+    done = [r for r in runs if r.status == "completed"]
+    metrics = {k: t for k, t in SUMMARY_METRICS.items()
+               if k == "seconds" or any(_metric(r, k) is not None for r in done)}
+    own: list[str] = []
+    for run in done:
+        own += [k for k, v in run.final.items() if k not in own and k not in ("round", "seed")
+                and k not in metrics and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    metrics.update({k: k for k in own[:MAX_KIND_METRICS]})
+    return metrics
 
 
 def split_top_level(text: str) -> list[str]:
@@ -115,6 +133,7 @@ class SweepRun:
     final: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     message: str = ""
+    kind: str = "swarm"
 
 
 def plan_sweep(
@@ -136,7 +155,8 @@ def plan_sweep(
                 problems += [f"{label}, seed {seed}: {p}" for p in error.problems]
                 continue
             folder = out / _folder_name(label) / f"seed{seed}"
-            planned.append((exp, SweepRun(setting, seed, folder)))
+            kind = "swarm" if exp.kind is None else exp.kind.name
+            planned.append((exp, SweepRun(setting, seed, folder, kind=kind)))
     if problems:
         raise ConfigError(problems)
     return planned
@@ -269,7 +289,7 @@ def summarize(runs: list[SweepRun]) -> list[dict[str, Any]]:
     for label, members in groups.items():
         row: dict[str, Any] = {"setting": label, **members[0].setting, "runs": len(members),
                                "completed": sum(r.status == "completed" for r in members)}
-        for key in SUMMARY_METRICS:
+        for key in summary_metrics(runs):
             values = [v for r in members if r.status == "completed"
                       for v in [_metric(r, key)] if v is not None]
             row[f"{key}_mean"] = statistics.fmean(values) if values else None
@@ -283,12 +303,13 @@ def write_sweep_files(runs: list[SweepRun], out: Path) -> None:
     import csv
 
     keys = sorted({k for r in runs for k in r.setting})
+    metrics = summary_metrics(runs)
     with (out / "sweep.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow([*keys, "seed", "status", *SUMMARY_METRICS, "run_dir"])
+        writer.writerow([*keys, "seed", "status", *metrics, "run_dir"])
         for r in runs:
             writer.writerow([_compact(r.setting.get(k)) for k in keys] + [r.seed, r.status]
-                            + [_metric(r, m) for m in SUMMARY_METRICS] + [str(r.run_dir)])
+                            + [_metric(r, m) for m in metrics] + [str(r.run_dir)])
     (out / "sweep_summary.json").write_text(
         json.dumps({"settings": summarize(runs)}, indent=2, default=str) + "\n"
     )
@@ -307,15 +328,17 @@ def summary_table(runs: list[SweepRun]) -> Table:
     table = Table(title="sweep summary (mean ± std over seeds)")
     table.add_column("setting")
     table.add_column("runs", justify="right")
-    for title in SUMMARY_METRICS.values():
+    metrics = summary_metrics(runs)
+    for title in metrics.values():
         table.add_column(title, justify="right")
     for row in summarize(runs):
         table.add_row(
             row["setting"], f"{row['completed']}/{row['runs']}",
             *(_mean_std(row, k, percent=k.endswith("accuracy") or k.endswith("accuracy_mean"))
-              for k in SUMMARY_METRICS),
+              for k in metrics),
         )
     return table
 
 
-__all__ = ["SweepRun", "parse_grid", "parse_seeds", "plan_sweep", "run_sweep", "summarize"]
+__all__ = ["SweepRun", "parse_grid", "parse_seeds", "plan_sweep", "run_sweep", "summarize",
+           "summary_metrics"]
