@@ -395,6 +395,7 @@ QUICK_KINDS = {
     "fewshot": ["kind.tasks=20", "kind.batch=10"],
     "gbnn": ["kind.n_units=6"],
     "blackbox": ["kind.budget=60", "kind.starts=2"],
+    "metainf": ['kind.selectors=["global_best", "random"]'],
 }
 
 

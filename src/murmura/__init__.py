@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 import murmura.learners  # noqa: E402, F401  (registers the learners' kinds)
 import murmura.optim.blackbox  # noqa: E402, F401  (registers the blackbox kind)
 import murmura.optim.kinds  # noqa: E402, F401  (registers the online kind)
+import murmura.select  # noqa: E402, F401  (registers the metainf kind)
 from murmura.algorithms import ALGORITHMS, make_algorithm  # noqa: E402
 from murmura.algorithms.compressors import COMPRESSORS  # noqa: E402
 from murmura.blackbox import BLACKBOX, fed_minimize  # noqa: E402
