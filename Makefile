@@ -21,8 +21,11 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,rl]'
 	$(PY) -m pip install -q --no-deps byzfl==0.0.11
+	# gbrl's CPU wheel imports with numpy, scipy and torch alone: its declared shap, numba,
+	# cmake and pybind11 are not needed (and would pull several hundred MB)
+	$(PY) -m pip install -q --no-deps gbrl==1.1.9
 	touch $(STAMP)
 
 test: install

@@ -396,6 +396,7 @@ QUICK_KINDS = {
     "gbnn": ["kind.n_units=6"],
     "blackbox": ["kind.budget=60", "kind.starts=2"],
     "metainf": ['kind.selectors=["global_best", "random"]'],
+    "gbrl": ["kind.total_steps=2048"],
 }
 
 
