@@ -94,3 +94,17 @@ def test_kind_errors_are_clear(toy_kind):
         Experiment.from_dict({"kind": "no_such_kind"})
     with pytest.raises(ConfigError, match="algorithm: kind 'toy_steps' does not read it"):
         Experiment.from_dict({"kind": toy_kind, "algorithm": {"name": "fedavg"}}).check()
+
+
+def test_comparing_runs_of_a_kind_shows_their_own_numbers(tmp_path, toy_kind, capsys):
+    for rate in (0.5, 0.1):
+        exp = Experiment.from_dict({"name": f"r{rate}", "rounds": 3,
+                                    "kind": {"name": toy_kind, "steps": 3, "rate": rate},
+                                    "output": {"plots": False, "report": False}})
+        run_experiment(exp, tmp_path / f"r{rate}", progress=False)
+    assert main(["compare", str(tmp_path / "r0.5"), str(tmp_path / "r0.1"), "--out",
+                 str(tmp_path / "cmp")]) == 0
+    assert "loss" in capsys.readouterr().out
+    page = (tmp_path / "cmp" / "comparison.html").read_text()
+    assert "<th class=\"num\">loss</th>" in page
+    assert "<td class=\"num\">0.25</td>" in page and "<td class=\"num\">0.01</td>" in page

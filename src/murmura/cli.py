@@ -314,6 +314,7 @@ def compare(
 ) -> None:
     """A table of the runs' final metrics and overlaid plots (accuracy vs round and vs MB)."""
     from murmura.report import ReportError, build_comparison_report, compare_runs
+    from murmura.report.compare import own_keys
 
     try:
         rows, plots = compare_runs(run_dirs, out)
@@ -324,10 +325,12 @@ def compare(
     shown = ["label", "status", "algorithm", "topology", "nodes", "rounds_done",
              "test_accuracy", "node_accuracy_mean", "mb_sent_per_node", "seconds"]
     columns = [c for c in shown if rows and c in rows[0]]
-    for column in columns:
+    own = own_keys(rows)  # a tool's own final numbers (regret, returns, ...)
+    for column in columns + own:
         table.add_column(column.replace("_", " "), justify="left" if column == "name" else "right")
     for row in rows:
-        table.add_row(*(_cell(row[c], c) for c in columns))
+        table.add_row(*(_cell(row[c], c) for c in columns),
+                      *(_cell(row["own"].get(c), c) for c in own))
     out_console.print(table)
     for path in plots:
         out_console.print(f"plot: {path}")

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from murmura.report.kind_plots import own_columns
 from murmura.report.plots import plot_comparison
 from murmura.report.run import ReportError, Run, load_run
 
@@ -17,6 +18,7 @@ __all__ = [
     "compare_runs",
     "load_run",
     "load_runs",
+    "own_keys",
     "run_labels",
     "summary_row",
 ]
@@ -58,7 +60,18 @@ def summary_row(run: Run, label: str | None = None) -> dict[str, Any]:
         "node_accuracy_mean": run.final("node_accuracy_mean"),
         "mb_sent_per_node": None if sent is None else sent / 1e6,
         "seconds": run.seconds,
+        "kind": run.kind,
+        # a tool's own final numbers (regret, returns, ...): empty for a swarm
+        "own": {} if run.kind == "swarm" else {c: run.final(c) for c in own_columns(run)},
     }
+
+
+def own_keys(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The union of the rows' own columns, in order of appearance."""
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row.get("own", {}) if k not in keys]
+    return keys
 
 
 def run_labels(runs: Sequence[Run]) -> list[str]:

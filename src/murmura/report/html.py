@@ -13,7 +13,7 @@ from typing import Any
 
 from murmura.metrics.history import COLUMNS
 from murmura.metrics.history import EVALUATED_COLUMNS as EVALUATION_COLUMNS
-from murmura.report.compare import PathLike, compare_runs, load_runs
+from murmura.report.compare import PathLike, compare_runs, load_runs, own_keys
 from murmura.report.kind_plots import own_columns
 from murmura.report.plots import FIGURES, make_plots, planned_figures, stale_figures
 from murmura.report.run import Run, load_run
@@ -543,6 +543,7 @@ def _provenance_section(run: Run) -> str:
 
 
 def _comparison_table(rows: list[dict[str, Any]]) -> str:
+    own = own_keys(rows)
     accuracies = [r["test_accuracy"] for r in rows if r["test_accuracy"] is not None]
     best = max(accuracies) if len(accuracies) > 1 else None
     head = (
@@ -551,7 +552,9 @@ def _comparison_table(rows: list[dict[str, Any]]) -> str:
         "<th class=\"num\" title=\"final test accuracy of the average model\">test acc. x̄</th>"
         "<th class=\"num\" title=\"final mean over nodes of each node's own accuracy\">"
         "node acc. mean</th><th class=\"num\" title=\"cumulative, mean over nodes\">"
-        "MB sent / node</th><th class=\"num\">time</th></tr>"
+        "MB sent / node</th><th class=\"num\">time</th>"
+        + "".join(f"<th class=\"num\">{_e(k)}</th>" for k in own)
+        + "</tr>"
     )
     body = []
     for r in rows:
@@ -567,7 +570,9 @@ def _comparison_table(rows: list[dict[str, Any]]) -> str:
             f"<td class=\"{acc_class}\">{_e(_pct(r['test_accuracy']))}</td>"
             f"<td class=\"num\">{_e(_pct(r['node_accuracy_mean']))}</td>"
             f"<td class=\"num\">{_e(_mb_number(r['mb_sent_per_node']))}</td>"
-            f"<td class=\"num\">{_e(_duration(r['seconds']))}</td></tr>"
+            f"<td class=\"num\">{_e(_duration(r['seconds']))}</td>"
+            + "".join(f"<td class=\"num\">{_e(_cell(r['own'].get(k), 'num'))}</td>" for k in own)
+            + "</tr>"
         )
     return (
         "<section><h2>Runs</h2><div class=\"scroll\"><table><thead>"
