@@ -93,9 +93,25 @@ def test_a_model_with_the_wrong_output_for_its_task_is_a_clear_error():
 def test_the_task_is_chosen_by_name_and_checked_in_configs(tmp_path):
     assert isinstance(make_task(None, load_dataset("digits")), Classification)
     assert "next_token" in TASKS
-    exp = Experiment.from_dict({"data": {"dataset": "digits", "nodes": 4}, "task": "nxt_token"})
     with pytest.raises(ConfigError, match="next_token"):
-        exp.check()
+        Experiment.from_dict({"data": {"dataset": "digits", "nodes": 4}, "task": "nxt_token"})
+
+
+def test_a_config_sets_a_tasks_parameters():
+    from murmura.runner import build_simulation
+
+    exp = Experiment.from_dict({"task": {"name": "balanced_softmax"}})
+    assert exp.task.name == "balanced_softmax" and exp.task.params == {}
+    assert Experiment.from_dict({"task": "balanced_softmax"}) == exp  # the short form
+    exp = Experiment.from_dict({"task": {"name": "fedgela", "adapt": False},
+                                "data": {"dataset": "digits", "nodes": 2},
+                                "model": {"name": "etf_mlp"}, "algorithm": "fedgela"})
+    assert Experiment.from_toml_text(exp.to_toml()) == exp
+    assert build_simulation(exp.check()).task.adapt is False
+    with pytest.raises(ConfigError, match="has no parameter 'amplitud'"):
+        Experiment.from_dict({"task": {"name": "rastrigin", "amplitud": 5.0}})
+    with pytest.raises(ConfigError, match="not a valid"):
+        Experiment.from_dict({"task": {"name": "rastrigin", "amplitude": "big"}})
 
 
 def test_label_skew_partitions_of_sequences_use_the_last_target():

@@ -240,6 +240,22 @@ def _with_natural(partitioners: Registry) -> Registry:
     return extended
 
 
+class TaskChoice(Component):
+    """``task = "rastrigin"`` or ``task = { name = "rastrigin", amplitude = 5.0 }``."""
+
+    kind: ClassVar[str] = "task"
+
+    @classmethod
+    def registry(cls) -> Registry:
+        from murmura.tasks import TASKS
+
+        return TASKS
+
+    def build(self) -> Any:
+        """The task object the engine runs (``murmura.tasks.Task``)."""
+        return self.registry().get(self.name)(**self.params)
+
+
 class ModelChoice(Component):
     """``[model]`` with ``name = "mlp"`` and the model's parameters (``hidden = [200]``)."""
 
@@ -698,9 +714,10 @@ class Experiment(Section):
     participation: ParticipationConfig | None = Field(
         None, description="who is available each round (passed to the algorithm)"
     )
-    task: str | None = Field(
-        None, description="the per-node loss and the scores (murmura list tasks); default: the "
-        "dataset's own (classification, or next_token for python_docs)"
+    task: TaskChoice | None = Field(
+        None, description="the per-node loss and the scores (murmura list tasks): a name, or a "
+        "table with name and its parameters; default: the dataset's own (classification, or "
+        "next_token for python_docs)"
     )
     adversary: AdversaryConfig | None = Field(
         None, description="malicious nodes and their attack (robustness experiments)"
@@ -868,11 +885,6 @@ class Experiment(Section):
                     f"topology: algorithm {self.algorithm.name!r} does not communicate over a "
                     "graph (a server, or nothing), so [topology] would be ignored; remove it"
                 )
-        if self.task is not None:
-            from murmura.tasks import TASKS
-
-            if self.task not in TASKS:
-                problems.append(f"task: {TASKS._unknown_message(self.task)}")
         if algorithm is not None:
             from murmura.swarm.engine import check_same_init
 

@@ -93,7 +93,7 @@ def build_simulation(experiment: Experiment, backend: str | None = None, *,
         same_init=engine.same_init,
         fused=engine.fused,
         adversary=None if experiment.adversary is None else experiment.adversary.build(),
-        task=experiment.task,
+        task=None if experiment.task is None else experiment.task.build(),
         **engine_kwargs,
     )
 
