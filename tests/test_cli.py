@@ -397,6 +397,7 @@ QUICK_KINDS = {
     "blackbox": ["kind.budget=60", "kind.starts=2"],
     "metainf": ['kind.selectors=["global_best", "random"]'],
     "gbrl": ["kind.total_steps=2048"],
+    "fed_blackbox": ["rounds=2", "kind.dim=10", "kind.local_iters=2"],
 }
 
 

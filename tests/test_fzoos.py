@@ -416,3 +416,24 @@ def test_the_experiment_quick_mode_runs(tmp_path):
     fz = next(r for r in result["runs"] if r["arm"] == "fzoos")
     assert fz["queries"][0] == 5 * 10 and len(fz["values"]) == 3
     assert result["verdict"]["criterion"] == "F@1000"
+
+
+def test_the_fed_blackbox_kind_records_fed_minimizes_rounds(tmp_path):
+    from murmura.blackbox import Quadratic, fed_minimize
+    from murmura.config import Experiment
+    from murmura.runner import run_experiment
+
+    exp = Experiment.from_dict({"seed": 3, "rounds": 3, "kind": {
+        "name": "fed_blackbox", "method": "fedzo", "dim": 6, "clients": 2, "local_iters": 2,
+        "q": 4}, "output": {"plots": False, "report": False}})
+    result = run_experiment(exp, tmp_path / "run", progress=False)
+    assert result.status == "completed" and [r["round"] for r in result.history] == [0, 1, 2]
+    problem = Quadratic(dim=6, num_clients=2, seed=3)
+    direct = fed_minimize(problem, "fedzo", rounds=3, local_iters=2, seed=3, q=4)
+    assert [r["value"] for r in result.history] == direct.values[1:]
+    assert [r["queries"] for r in result.history] == direct.queries[1:]
+    assert result.summary["simulation"]["start_value"] == direct.values[0]
+    bad = Experiment.from_dict({"rounds": 1, "kind": {"name": "fed_blackbox", "method": "zo"},
+                                "output": {"plots": False, "report": False}})
+    failed = run_experiment(bad, tmp_path / "bad", progress=False)
+    assert failed.status == "failed" and "choose one of fedprox_zo" in failed.summary["message"]

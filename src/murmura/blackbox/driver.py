@@ -13,6 +13,7 @@ messages, ``4`` bytes per number (float32 on the wire) times the method's messag
 from __future__ import annotations
 
 import math
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,22 @@ def fed_minimize(problem: FederatedProblem, method: str | Method = "fzoos", roun
     >>> res.queries, res.values[-1] < res.values[0]
     ([0, 22, 44], True)
     """
+    rounds_run = fed_rounds(problem, method, rounds, local_iters, seed, x0, bytes_per_value,
+                            **method_params)
+    while True:
+        try:
+            next(rounds_run)
+        except StopIteration as done:
+            return done.value
+
+
+def fed_rounds(problem: FederatedProblem, method: str | Method = "fzoos", rounds: int = 15,
+               local_iters: int = 5, seed: int = 0, x0: Tensor | None = None,
+               bytes_per_value: int = 4, **method_params: Any
+               ) -> Generator[Result, None, Result]:
+    """:func:`fed_minimize` one round at a time: yields the growing :class:`Result` after the
+    start and after every round (the ``fed_blackbox`` kind writes each as it comes), and
+    returns it."""
     rounds, local_iters = _check_int("rounds", rounds), _check_int("local_iters", local_iters)
     _check_int("bytes_per_value", bytes_per_value)
     for name in ("dim", "num_clients", "weights", "query", "global_value"):
@@ -111,10 +128,12 @@ def fed_minimize(problem: FederatedProblem, method: str | Method = "fzoos", roun
         result.bytes_down.append(received)
 
     report(0, 0)
+    yield result
     for r in range(rounds):
         x_local = algo.local_round(run, x, r)
         x = x - algo.eta * (weights @ (x - x_local))
         algo.after_server(run, x, x_local, r)
         report(n * up * bytes_per_value, n * down * bytes_per_value)
-    result.x = x
+        result.x = x
+        yield result
     return result
