@@ -16,6 +16,7 @@ from murmura.runner import RunError, run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 FEDBUFF, GOSSIP = REPO / "examples" / "clock_fedbuff.toml", REPO / "examples" / "clock_gossip.toml"
+MODEST = REPO / "examples" / "clock_modest.toml"
 # the examples' structure, at half their simulated time (two evaluations), on one thread
 QUICK = ["clock.until=10.0", "clock.eval_every=5.0", "engine.threads=1"]
 SUMMARY_KEYS = {"name", "status", "rounds_done", "total_rounds", "final", "simulation", "seconds"}
@@ -95,6 +96,26 @@ def test_gossip_example_runs_and_repeats_exactly(tmp_path):
     assert second.history.records == first.history.records
     for name in ("metrics.csv", "events.csv"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_modest_example_runs_as_clocked_modest_does(tmp_path):
+    from murmura.clock.modest import ClockedModest
+    from murmura.runner import build_simulation
+
+    exp = Experiment.from_toml(MODEST, QUICK)
+    result = run_experiment(exp, tmp_path / "run", progress=False)
+    assert result.status == "completed" and len(result.history) == 2
+    summary = check_run_directory(tmp_path / "run", exp.data.nodes,
+                                  {"round", "aggregations", "dropped_rounds", "late_models"})
+    assert summary["final"]["aggregations"] > 0
+    # the same protocol built by hand around the same simulation
+    sim = build_simulation(exp.check(), "local")
+    direct = ClockedModest(sim, 6, 2, 0.8, min_models=3, ping_timeout=1.0,
+                           aggregation_timeout=10.0, compute=exp.clock.compute,
+                           availability=exp.clock.availability)
+    records = direct.run(10.0, 5.0)
+    assert [r["test_accuracy"] for r in records] == [r["test_accuracy"] for r in result.history]
+    assert [r["round"] for r in records] == [r["round"] for r in result.history]
 
 
 def test_resume_of_a_clocked_run_is_a_clear_error(tmp_path, capsys):
@@ -179,6 +200,15 @@ BAD_CLOCKS = [
     ({**FED, "participation": {"name": "bernoulli"}}, {**TIME, "mode": "sync"},
      ["participation", "clock"]),
     ({**FED, "engine": {"backend": "dist"}}, {**TIME, "mode": "sync"}, ["engine.backend"]),
+    (FED, {**TIME, "modest": {}}, ["clock.modest", "'fedavg'", "modest"]),
+    (FED, {**TIME, "mode": "sync", "modest": {}}, ["clock.modest", "keep one"]),
+    (FED, {**TIME, "modest": {"ping_timout": 1.0}}, ["clock.modest", "ping_timeout"]),
+    (FED, {**TIME, "modest": {"ping_timeout": 0}}, ["clock.modest", "> 0"]),
+    (FED, {**TIME, "modest": {}, "concurrency": 2}, ["clock.concurrency", "no server"]),
+    (FED, {**TIME, "modest": {}, "rate": 2.0}, ["clock.rate", "MoDeST"]),
+    (FED, {**TIME, "modest": {}, "window": 0.5}, ["window", "MoDeST"]),
+    ({**FED, "algorithm": {"name": "modest", "sample_size": 3, "offline_fraction": 0.2}},
+     {**TIME, "modest": {}}, ["offline_fraction", "availability"]),
 ]
 
 

@@ -506,6 +506,13 @@ class ClockConfig(Section):
         "[topology] (pairwise = push_pull, push, pull); the algorithm must be a gossip one "
         "(dsgd, ...); set this or mode"
     )
+    modest: dict[str, Any] | None = Field(
+        None, description="MoDeST's protocol on the clock (pings, aggregators that wait or time "
+        "out, restarts; the algorithm must be modest, whose sample_size, aggregators, "
+        "success_fraction and min_models it runs): a table of ping_timeout, "
+        "aggregation_timeout, ping_rtt (simulated seconds; defaults 5, 300, 0.01), {} for the "
+        "defaults; with compute, links and availability; set this, mode or protocol"
+    )
     concurrency: int | None = Field(
         None, ge=1, description="federated: clients training at once (FedBuff's maximum "
         "concurrency; default: every online client)"
@@ -591,9 +598,33 @@ class ClockConfig(Section):
                              "at a server) or gossip (protocol, over a graph); remove one")
         return value
 
+    @field_validator("modest")
+    @classmethod
+    def _modest_alone(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return value
+        if info.data.get("mode") is not None or info.data.get("protocol") is not None:
+            raise ValueError("clock.mode or clock.protocol is set too: a clocked run is "
+                             "federated (mode), gossip (protocol) or MoDeST (modest); keep one")
+        accepted = ("ping_timeout", "aggregation_timeout", "ping_rtt")
+        for key, number in value.items():
+            if key not in accepted:
+                raise ValueError(f"clock.modest has no parameter {key!r}"
+                                 + _did_you_mean(key, list(accepted))
+                                 + f"; its parameters: {', '.join(accepted)} (the sample size "
+                                 "and aggregators are the modest algorithm's)")
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or not number > 0:
+                raise ValueError(f"clock.modest.{key} must be > 0 simulated seconds, got "
+                                 f"{number!r}")
+        return value
+
     @field_validator("concurrency", "weighting", "train_loss", "compute", "links")
     @classmethod
     def _federated_only(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("modest") is not None and info.field_name in (
+                "concurrency", "weighting", "train_loss"):
+            raise ValueError(f"a server's setting, but clock.modest has no server (MoDeST's "
+                             f"sample and aggregators decide); remove {info.field_name}")
         if value is not None and info.data.get("protocol") is not None:
             raise ValueError(f"a federated setting (the server's clients), but clock.protocol "
                              f"makes this a gossip run; remove {info.field_name}"
@@ -604,6 +635,9 @@ class ClockConfig(Section):
     @field_validator("rate", "drop")
     @classmethod
     def _gossip_only(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("modest") is not None:
+            raise ValueError(f"a gossip setting, but clock.modest runs MoDeST's rounds; remove "
+                             f"{info.field_name}")
         if value is not None and info.data.get("mode") is not None:
             raise ValueError(f"a gossip setting, but clock.mode makes this a federated run; "
                              f"remove {info.field_name}")
@@ -624,11 +658,15 @@ class ClockConfig(Section):
 
     @model_validator(mode="after")
     def _kind_given(self) -> ClockConfig:
-        if self.mode is None and self.protocol is None:
+        if self.mode is None and self.protocol is None and self.modest is None:
             raise ValueError(
-                "set mode (federated: a server, e.g. mode = { name = \"fedbuff\", K = 10 }) "
-                "or protocol (gossip over the [topology], e.g. protocol = \"pairwise\")"
+                "set mode (federated: a server, e.g. mode = { name = \"fedbuff\", K = 10 }), "
+                "protocol (gossip over the [topology], e.g. protocol = \"pairwise\") or modest "
+                "(MoDeST's protocol, e.g. modest = { ping_timeout = 5.0 })"
             )
+        if self.modest is not None and self.window:
+            raise ValueError("clock.window: MoDeST's clock runs its events in order (no "
+                             "windows); remove window")
         return self
 
     @property
@@ -644,8 +682,13 @@ class ClockConfig(Section):
         return count
 
     def runner_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of ``ClockedFederation`` or ``ClockedGossip`` (after the
-        simulation), with the defaults of the unset ones."""
+        """The keyword arguments of ``ClockedFederation``, ``ClockedGossip`` or (less the
+        algorithm's sampling parameters) ``ClockedModest``, after the simulation, with the
+        defaults of the unset ones."""
+        if self.modest is not None:
+            return {**self.modest, "compute": copy.deepcopy(self.compute),
+                    "links": copy.deepcopy(self.links),
+                    "availability": copy.deepcopy(self.availability)}
         shared = {"availability": copy.deepcopy(self.availability), "window": self.window}
         if self.federated:
             return {"mode": copy.deepcopy(self.mode), "compute": copy.deepcopy(self.compute),
@@ -929,14 +972,24 @@ class Experiment(Section):
         assert clock is not None
         problems = []
         server = bool(getattr(algorithm.communication, "uses_server", False))
-        if clock.federated and not server:
+        if clock.modest is not None:
+            from murmura.algorithms.modest import ModestSampling
+
+            if not isinstance(algorithm.communication, ModestSampling):
+                problems.append(f"clock.modest: MoDeST's protocol samples with the modest "
+                                f"algorithm's rule, and algorithm {name!r} is not modest; set "
+                                "algorithm.name = \"modest\" (its sample_size, aggregators)")
+            elif algorithm.communication.offline_fraction:
+                problems.append("algorithm.offline_fraction: churn on the clock comes from "
+                                "clock.availability; remove offline_fraction")
+        elif clock.federated and not server:
             other = (" (it gossips over a graph: set clock.protocol instead)"
                      if algorithm.needs_topology else "")
             problems.append(
                 f"clock.mode: a federated clock mode runs at a server, and algorithm {name!r} "
                 f"has none{other}; use a server algorithm such as fedavg"
             )
-        if not clock.federated and not algorithm.needs_topology:
+        if not clock.federated and clock.modest is None and not algorithm.needs_topology:
             other = " (it has a server: set clock.mode instead)" if server else ""
             problems.append(
                 f"clock.protocol: gossip on the clock needs a decentralized algorithm over a "

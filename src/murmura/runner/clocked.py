@@ -5,7 +5,9 @@ model, algorithm, topology), then driven by the virtual clock (docs/clock.md): a
 :class:`~murmura.clock.federated.ClockedFederation` when ``clock.mode`` is set (the algorithm
 trains the clients, the mode is the server), a :class:`~murmura.clock.gossip.ClockedGossip`
 when ``clock.protocol`` is (the algorithm trains the nodes, the protocol exchanges models over
-the topology). It is evaluated every ``clock.eval_every`` simulated seconds up to
+the topology), a :class:`~murmura.clock.modest.ClockedModest` when ``clock.modest`` is (the
+modest algorithm's samples, pinged, trained and aggregated in simulated time). It is
+evaluated every ``clock.eval_every`` simulated seconds up to
 ``clock.until``; the top-level ``rounds`` is ignored. The run directory is laid out like a
 round-based run's::
 
@@ -85,9 +87,15 @@ class ClockProgress(RunProgress):
 
 
 def make_clock_runner(simulation: Any, clock: ClockConfig) -> Any:
-    """``clock``'s runner around a built simulation: federated (a mode) or gossip (a
-    protocol)."""
+    """``clock``'s runner around a built simulation: federated (a mode), gossip (a protocol)
+    or MoDeST's protocol (``modest``)."""
     kwargs = clock.runner_kwargs()
+    if clock.modest is not None:
+        from murmura.clock.modest import ClockedModest
+
+        rule = simulation.algorithm.communication  # the modest algorithm's (checked)
+        return ClockedModest(simulation, rule.sample_size, rule.aggregators,
+                             rule.success_fraction, min_models=rule.min_models, **kwargs)
     if clock.federated:
         from murmura.clock.federated import ClockedFederation
 
