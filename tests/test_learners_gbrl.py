@@ -331,3 +331,150 @@ def test_experiment_quick_mode_runs(tmp_path, monkeypatch):
     result = json.loads((tmp_path / "results" / "gbrl_quick.json").read_text())
     assert 0.0 <= result["table"]["bandit"]["gbt"]["average_reward"]["mean"] <= 1.0
     assert "bandit_gbt_beats_mlp" in result["verdict"]
+
+
+# --- categorical observations: encodings, gbrl's categorical splits, the toy-text experiment ----
+def test_state_id_encodings_by_hand():
+    from murmura.learners.rl_envs import encode_states
+
+    # FrozenLake 4x4: cell (row 1, col 2) is state 6
+    assert encode_states([6, 0], 16, "codes").tolist() == [[6.0], [0.0]]
+    onehot = encode_states([6, 0], 16, "onehot")
+    assert onehot.shape == (2, 16) and np.flatnonzero(onehot[0]).tolist() == [6]
+    with pytest.raises(ValueError, match=r"state ids must lie in \[0, 16\)"):
+        encode_states([16], 16, "codes")
+    with pytest.raises(ValueError, match="choose codes .* or onehot"):
+        encode_states([1], 16, "ordinal")
+
+
+def test_frozenlake_codes_follow_the_state_id():
+    pytest.importorskip("gymnasium")
+    from murmura.learners.rl_envs import GymVectorEnv
+
+    codes = GymVectorEnv("FrozenLake-v1", 2, "codes", env_kwargs={"is_slippery": False})
+    assert codes.reset(seed=0).tolist() == [[0.0], [0.0]] and codes.is_categorical
+    X, *_ = codes.step(np.array([2, 1]))  # right -> state 1; down -> state 4
+    assert X.tolist() == [[1.0], [4.0]]
+    onehot = GymVectorEnv("FrozenLake-v1", 2, "onehot", env_kwargs={"is_slippery": False})
+    onehot.reset(seed=0)
+    X, *_ = onehot.step(np.array([2, 1]))
+    assert [np.flatnonzero(row).tolist() for row in X] == [[1], [4]]
+    assert not onehot.is_categorical
+    with pytest.raises(ValueError, match=r"n_actions must be an integer in \[2, 4\]"):
+        GymVectorEnv("FrozenLake-v1", 2, n_actions=5)
+    with pytest.raises(ValueError, match="refuses env_kwargs"):
+        GymVectorEnv("FrozenLake-v1", 2, env_kwargs={"slippery": False})
+
+
+def test_minigrid_encoding_of_a_fake_observation_by_hand():
+    from murmura.learners.rl_envs import encode_minigrid
+
+    # a 1x2 view: a grey wall (object 2, colour 5, state 0), a closed yellow door (4, 4, 1)
+    image = np.array([[[[2, 5, 0], [4, 4, 1]]]])
+    assert encode_minigrid(image, [1], "codes").tolist() == [[2, 5, 0, 4, 4, 1, 1]]
+    onehot = encode_minigrid(image, [1], "onehot")
+    # blocks of 11 objects + 6 colours + 3 states per cell, then 4 directions
+    assert onehot.shape == (1, 2 * 20 + 4)
+    assert np.flatnonzero(onehot).tolist() == [2, 11 + 5, 17 + 0, 20 + 4, 20 + 11 + 4,
+                                               20 + 17 + 1, 40 + 1]
+    with pytest.raises(ValueError, match="out of range"):
+        encode_minigrid(np.array([[[[11, 0, 0]]]]), [0], "codes")
+    with pytest.raises(ValueError, match=r"need image \[n, W, H, 3\]"):
+        encode_minigrid(np.zeros((1, 2, 2)), [0], "codes")
+
+
+def test_minigrid_env_encodings():
+    pytest.importorskip("gymnasium")
+    pytest.importorskip("minigrid")
+    from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
+
+    from murmura.learners.rl_envs import MINIGRID_CHANNELS, GymVectorEnv
+
+    assert MINIGRID_CHANNELS == (len(OBJECT_TO_IDX), len(COLOR_TO_IDX), len(STATE_TO_IDX))
+    codes = GymVectorEnv("MiniGrid-Empty-5x5-v0", 2, "codes", n_actions=3)
+    X = codes.reset(seed=0)
+    assert X.shape == (2, 148) and codes.n_actions == 3 and codes.obs_type == "minigrid"
+    assert X[0, 147] in (0, 1, 2, 3) and set(X[0, 0:147:3]) <= set(range(11))
+    onehot = GymVectorEnv("MiniGrid-Empty-5x5-v0", 2, "onehot")
+    assert onehot.reset(seed=0).sum(1).tolist() == [49 * 3 + 1] * 2 and onehot.n_actions == 7
+
+
+def test_gbrl_categorical_split_isolates_one_code():
+    pytest.importorskip("gbrl")
+    X = np.array([[0.0], [1.0], [2.0], [3.0]])
+    grads = np.array([[0.0], [0.0], [4.0], [0.0]])
+    # equality splits: code 2 against the rest (no threshold split can do it at depth 1)
+    trees = GradientBoostedTrees(n_features=1, output_dim=1, learning_rate=0.5, max_depth=1,
+                                 backend="gbrl", categorical=True)
+    trees.step(X, grads)
+    np.testing.assert_allclose(trees.predict(X)[:, 0], [0.0, 0.0, -2.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(trees.predict([[7.0]]), [[0.0]], atol=1e-6)  # unseen code
+    with pytest.raises(ValueError, match="non-negative integer codes"):
+        trees.predict([[0.5]])
+    with pytest.raises(ValueError, match="sklearn backend splits on thresholds only"):
+        GradientBoostedTrees(n_features=1, output_dim=1, learning_rate=0.5, categorical=True)
+
+
+def _frozenlake_run(tmp_path, name, **params):
+    exp = Experiment.from_dict({"seed": 0, "rounds": 2, "kind": {
+        "name": "gbrl", "env": "FrozenLake-v1", "total_steps": 2 * 8 * 16, "n_steps": 16,
+        **params}, "output": {"plots": False, "report": False}})
+    return run_experiment(exp, tmp_path / name, progress=False)
+
+
+@pytest.mark.parametrize("learner, backend, obs_encoding, expected", [
+    ("trees", "sklearn", "auto", "codes"), ("mlp", "sklearn", "auto", "onehot"),
+    ("trees", "sklearn", "onehot", "onehot"), ("trees", "gbrl", "auto", "codes")])
+def test_gbrl_kind_obs_encoding(tmp_path, learner, backend, obs_encoding, expected):
+    pytest.importorskip("gymnasium")
+    if backend == "gbrl":
+        pytest.importorskip("gbrl")
+    result = _frozenlake_run(tmp_path, learner + backend + obs_encoding, learner=learner,
+                             backend=backend, obs_encoding=obs_encoding)
+    assert result.status == "completed", result.summary.get("message")
+    assert result.summary["simulation"]["obs_encoding"] == expected
+    assert [r["env_steps"] for r in result.history] == [128, 256]
+
+
+def test_gbrl_kind_refuses_bad_encodings(tmp_path):
+    pytest.importorskip("gymnasium")
+    result = _frozenlake_run(tmp_path, "ordinal", obs_encoding="ordinal")
+    assert result.status == "failed" and "choose auto" in result.summary["message"]
+    result = _kind_run(tmp_path, "boxcodes", obs_encoding="codes")  # CartPole: Box observations
+    assert result.status == "failed" and "has Box ones: leave it auto" in result.summary["message"]
+    result = _frozenlake_run(tmp_path, "actions", n_actions=9)
+    assert result.status == "failed" and "n_actions must be an integer" in result.summary["message"]
+
+
+def test_minigrid_names_its_install_when_missing(monkeypatch):
+    pytest.importorskip("gymnasium")
+    from murmura.learners.rl_envs import GymVectorEnv
+
+    monkeypatch.setitem(sys.modules, "minigrid", None)
+    with pytest.raises(ImportError, match="pip install minigrid"):
+        GymVectorEnv("MiniGrid-Empty-5x5-v0", 1)
+
+
+def _toytext_module():
+    spec = importlib.util.spec_from_file_location("gbrl_toytext",
+                                                  REPO / "experiments/gbrl/toytext.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("tasks", [["FrozenLake-4x4-slippery", "Taxi-v4"],
+                                   ["MiniGrid-Empty-5x5"]])
+def test_toytext_quick_mode_runs(tmp_path, monkeypatch, tasks):
+    pytest.importorskip("gymnasium")
+    if tasks[0].startswith("MiniGrid"):
+        pytest.importorskip("minigrid")
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    import json
+
+    assert _toytext_module().main(["--quick", "--out", str(tmp_path), "--tasks", *tasks]) == 0
+    result = json.loads((tmp_path / "results" / "toytext_quick.json").read_text())
+    assert (tmp_path / "toytext_quick.png").exists() and list(result["table"]) == tasks
+    row = result["table"][tasks[0]]["trees_sklearn"]
+    assert "final_success_rate" in row if tasks[0] != "Taxi-v4" else "final_success_rate" not in row
+    assert all(arm in result["table"][tasks[-1]] for arm in ("trees_sklearn", "nn_ppo"))

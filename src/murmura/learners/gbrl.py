@@ -13,9 +13,11 @@ loop around it is :func:`murmura.learners.ppo.train_ppo`.
 
 Two backends. ``"gbrl"`` is NVIDIA's library (``pip install --no-deps gbrl``): quantile
 candidate thresholds (``n_bins``), ``oblivious`` or ``greedy`` growth, ``cosine`` or ``L2``
-split score. ``"sklearn"`` is native: a multi-output ``DecisionTreeRegressor`` (greedy, exact
-thresholds, squared-error = L2 split score); it does NOT reproduce gbrl's cosine score,
-oblivious trees or binning, so the two backends grow different trees from the same gradients.
+split score, and equality splits on categorical codes (``categorical=True``, gbrl's
+string-feature path). ``"sklearn"`` is native: a multi-output ``DecisionTreeRegressor``
+(greedy, exact thresholds, squared-error = L2 split score); it does NOT reproduce gbrl's
+cosine score, oblivious trees, binning or equality splits, so the two backends grow different
+trees from the same gradients.
 
 >>> import numpy as np
 >>> X = np.array([[0.0], [1.0], [2.0], [3.0]])
@@ -75,14 +77,18 @@ class GradientBoostedTrees:
 
     ``learning_rate`` is one float or one per output (a shared tree with separate leaf scales,
     as GBRL's actor-critic uses for policy and value). ``split_score``, ``grow_policy`` and
-    ``n_bins`` only exist in the ``gbrl`` backend beyond ``L2`` / ``greedy`` / exact.
+    ``n_bins`` only exist in the ``gbrl`` backend beyond ``L2`` / ``greedy`` / exact;
+    ``categorical = True`` (``gbrl`` only) reads every feature as a non-negative integer
+    category code and splits it by equality, through gbrl's categorical-feature path (string
+    inputs; candidates: up to ``n_bins`` categories per feature ranked by mean gradient norm).
     """
 
     def __init__(self, n_features: int, output_dim: int,
                  learning_rate: float | Sequence[float], max_depth: int = 4,
                  backend: str = "sklearn", bias: Sequence[float] | None = None,
                  min_samples_leaf: int = 1, split_score: str = "L2",
-                 grow_policy: str = "greedy", n_bins: int = 256, seed: int = 0) -> None:
+                 grow_policy: str = "greedy", n_bins: int = 256, categorical: bool = False,
+                 seed: int = 0) -> None:
         for name, value in (("n_features", n_features), ("output_dim", output_dim),
                             ("max_depth", max_depth), ("min_samples_leaf", min_samples_leaf)):
             if not isinstance(value, (int, np.integer)) or value < 1:
@@ -98,6 +104,9 @@ class GradientBoostedTrees:
         if split_score not in ("L2", "cosine") or grow_policy not in ("greedy", "oblivious"):
             raise ValueError(f"split_score must be 'L2' or 'cosine' and grow_policy 'greedy' or "
                              f"'oblivious', got {split_score!r}, {grow_policy!r}")
+        if backend == "sklearn" and categorical:
+            raise ValueError("the sklearn backend splits on thresholds only: use backend='gbrl' "
+                             "for categorical (equality) splits, or categorical=False")
         if backend == "sklearn" and (split_score, grow_policy) != ("L2", "greedy"):
             raise ValueError("the sklearn backend grows greedy trees on the L2 score only: use "
                              "backend='gbrl' for split_score='cosine' or grow_policy='oblivious'")
@@ -106,8 +115,9 @@ class GradientBoostedTrees:
         self.bias = np.zeros(output_dim) if bias is None else np.asarray(bias, np.float64)
         if self.bias.shape != (output_dim,):
             raise ValueError(f"bias must have {output_dim} values, got shape {self.bias.shape}")
-        self.min_samples_leaf = min_samples_leaf
+        self.min_samples_leaf, self.categorical = min_samples_leaf, categorical
         self._n_trees = 0
+        self._code_strings = np.zeros(0, "S128")
         if backend == "gbrl":
             self._model = self._gbrl_model(split_score, grow_policy, n_bins)
         else:
@@ -137,6 +147,20 @@ class GradientBoostedTrees:
         model.set_bias(self.bias.astype(np.float32))
         return model
 
+    def _gbrl_inputs(self, X: np.ndarray) -> np.ndarray:
+        """float32 features, or with ``categorical`` the codes as byte strings: gbrl treats a
+        string column as categorical and splits it by equality (``x == c``), one category
+        against the rest."""
+        if not self.categorical:
+            return X.astype(np.float32)
+        codes = X.astype(np.int64)
+        if (codes != X).any() or (codes < 0).any():
+            raise ValueError("categorical features must be non-negative integer codes")
+        if codes.max() >= len(self._code_strings):  # a lookup table beats np.char per call
+            self._code_strings = np.array([str(c).encode() for c in range(codes.max() + 1)],
+                                          "S128")
+        return self._code_strings[codes]
+
     @property
     def n_trees(self) -> int:
         return self._n_trees
@@ -149,7 +173,7 @@ class GradientBoostedTrees:
         if grads.shape[0] != X.shape[0]:
             raise ValueError(f"grads has {grads.shape[0]} rows, X has {X.shape[0]}")
         if self.backend == "gbrl":
-            self._model.step(X.astype(np.float32), grads.astype(np.float32))
+            self._model.step(self._gbrl_inputs(X), grads.astype(np.float32))
         else:
             self._append_sklearn_tree(X, grads)
         self._n_trees += 1
@@ -191,7 +215,7 @@ class GradientBoostedTrees:
         """``F(X) = bias - Σ_k lr ⊙ tree_k(X)``, ``[n, output_dim]`` float64."""
         X = _as_matrix("X", X, self.n_features)
         if self.backend == "gbrl":
-            out = self._model(X.astype(np.float32), requires_grad=False, tensor=False)
+            out = self._model(self._gbrl_inputs(X), requires_grad=False, tensor=False)
             return np.asarray(out, np.float64).reshape(X.shape[0], self.output_dim)
         out = np.broadcast_to(self.bias, (X.shape[0], self.output_dim)).copy()
         if self._n_trees == 0:
@@ -269,24 +293,41 @@ def _register_kind() -> None:
                   max_policy_grad_norm: float = 100.0, max_value_grad_norm: float = 10.0,
                   split_score: str = "L2", grow_policy: str = "greedy", n_bins: int = 256,
                   mlp_lr: float = 1e-3, mlp_hidden: list[int] | None = None,
-                  mlp_max_grad_norm: float = 0.5):
+                  mlp_max_grad_norm: float = 0.5, obs_encoding: str = "auto",
+                  categorical_splits: bool = True, n_actions: int | None = None):
         """PPO (:func:`~murmura.learners.ppo.train_ppo`) on ``env`` (a gymnasium id with a
         discrete action space, ``n_envs`` copies in a ``SyncVectorEnv``) for ``total_steps``
         environment steps, keyed by the experiment's seed; ``learner = "trees"`` is GBRL's
         shared tree actor-critic (``backend`` ``sklearn`` or ``gbrl``), ``"mlp"`` a 64-64 tanh
         actor and critic trained by Adam (``mlp_lr``, global gradient clipping
-        ``mlp_max_grad_norm``). One record per rollout (``round`` = rollout)."""
+        ``mlp_max_grad_norm``). One record per rollout (``round`` = rollout).
+
+        ``obs_encoding`` encodes categorical observations (a ``Discrete`` state id: FrozenLake,
+        Taxi; MiniGrid's view and direction, ``pip install minigrid``): ``codes`` (integer ids)
+        or ``onehot``; ``auto`` = codes for trees, onehot for the MLP. With ``backend = "gbrl"``
+        on codes, ``categorical_splits`` splits them by equality (gbrl's categorical path)
+        rather than by threshold. ``n_actions`` keeps the env's first actions only (3 =
+        MiniGrid's left, right, forward); ``None`` keeps all."""
         from murmura.learners.ppo import MLPActorCritic, PPOConfig, train_ppo
-        from murmura.learners.rl_envs import GymVectorEnv
+        from murmura.learners.rl_envs import ENCODINGS, GymVectorEnv
 
         if learner not in ("trees", "mlp"):
             raise ValueError(f"learner {learner!r}: choose trees or mlp")
+        if obs_encoding not in ("auto", *ENCODINGS):
+            raise ValueError(f"obs_encoding {obs_encoding!r}: choose auto (codes for trees, "
+                             "onehot for the MLP), codes or onehot")
+        encoding = obs_encoding if obs_encoding != "auto" else (
+            "codes" if learner == "trees" else "onehot")
         if learner == "trees" and backend == "gbrl" and not gbrl_available():
             raise RuntimeError(GBRL_MISSING)
         try:
-            envs = GymVectorEnv(env, n_envs)
+            envs = GymVectorEnv(env, n_envs, encoding=encoding, n_actions=n_actions)
         except ImportError as error:
             raise RuntimeError(str(error)) from None
+        if obs_encoding != "auto" and envs.obs_type == "box":
+            envs.close()
+            raise ValueError(f"obs_encoding={obs_encoding!r} applies to Discrete and MiniGrid "
+                             f"observations; {env} has Box ones: leave it auto")
         config = PPOConfig(n_steps=n_steps, batch_size=batch_size, n_epochs=n_epochs,
                            gamma=gamma, gae_lambda=gae_lambda, clip_range=clip_range,
                            ent_coef=ent_coef, vf_coef=vf_coef, normalize_reward=normalize_reward)
@@ -295,7 +336,8 @@ def _register_kind() -> None:
                 envs.n_features, envs.n_actions, policy_lr=policy_lr, value_lr=value_lr,
                 max_depth=max_depth, backend=backend, max_policy_grad_norm=max_policy_grad_norm,
                 max_value_grad_norm=max_value_grad_norm, seed=context.seed,
-                split_score=split_score, grow_policy=grow_policy, n_bins=n_bins)
+                split_score=split_score, grow_policy=grow_policy, n_bins=n_bins,
+                categorical=backend == "gbrl" and envs.is_categorical and categorical_splits)
         else:
             model = MLPActorCritic(envs.n_features, envs.n_actions,
                                    hidden=tuple(mlp_hidden or (64, 64)), lr=mlp_lr,
@@ -305,7 +347,7 @@ def _register_kind() -> None:
         finally:
             envs.close()
         return {"env": env, "learner": learner, "backend": backend if learner == "trees" else None,
-                **summary}
+                "obs_encoding": envs.encoding if envs.obs_type != "box" else None, **summary}
 
 
 _register_kind()

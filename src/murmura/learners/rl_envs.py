@@ -7,7 +7,10 @@ gymnasium env (``pip install murmura[rl]``) in a ``SyncVectorEnv``. Both follow 
 protocol: ``reset(seed)`` returns the encoded observations ``[n_envs, n_features]``;
 ``step(actions)`` returns ``(next_obs, rewards, terminated, truncated, final_obs)``, an
 episode's end resetting that copy in the same step (``final_obs`` holds the observation the
-episode ended on, to bootstrap a truncation from).
+episode ended on, to bootstrap a truncation from). Categorical observations come as
+``codes`` (integer category ids, what a tree splits on) or ``onehot`` (what an MLP reads):
+:func:`encode_states` for a ``Discrete`` state id (FrozenLake, Taxi), :func:`encode_minigrid`
+for MiniGrid's egocentric 7×7×3 view and direction.
 
 >>> bandit = ContextualBandit(n_envs=3, task_seed=0)
 >>> X = bandit.reset(seed=0)
@@ -89,6 +92,73 @@ class ContextualBandit:
         pass
 
 
+ENCODINGS = ("codes", "onehot")
+# categories per channel of a MiniGrid image cell (minigrid.core.constants' OBJECT_TO_IDX,
+# COLOR_TO_IDX, STATE_TO_IDX) and of its agent direction
+MINIGRID_CHANNELS = (11, 6, 3)
+MINIGRID_DIRECTIONS = 4
+MINIGRID_EXTRA = "pip install minigrid (3.2.0 runs headless; it pulls in pygame-ce)"
+
+
+def _check_encoding(encoding: str) -> None:
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding {encoding!r}: choose codes (integer category ids, what a "
+                         "tree splits on) or onehot (one indicator per category, for an MLP)")
+
+
+def encode_states(states: Any, n_states: int, encoding: str) -> np.ndarray:
+    """A ``Discrete(n_states)`` observation (FrozenLake's cell, Taxi's state id) per row:
+    ``codes`` = the id as one feature ``[n, 1]``, ``onehot`` = ``[n, n_states]``.
+
+    >>> encode_states([2, 0], 3, "codes").tolist(), encode_states([2, 0], 3, "onehot").tolist()
+    ([[2.0], [0.0]], [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    """
+    _check_encoding(encoding)
+    states = np.asarray(states, np.int64).reshape(-1)
+    if states.size and (states.min() < 0 or states.max() >= n_states):
+        raise ValueError(f"state ids must lie in [0, {n_states}), got {states.min()}.."
+                         f"{states.max()}")
+    if encoding == "codes":
+        return states[:, None].astype(np.float32)
+    return np.eye(n_states, dtype=np.float32)[states]
+
+
+def encode_minigrid(image: Any, direction: Any, encoding: str) -> np.ndarray:
+    """MiniGrid's egocentric view ``image [n, W, H, 3]`` (object, colour, state ids per cell)
+    and ``direction [n]`` as flat features: ``codes`` = the ``W·H·3`` ids in the image's
+    row-major order then the direction (148 for the 7×7 view); ``onehot`` = per cell one
+    indicator block of 11 objects, 6 colours and 3 states, then 4 directions (984).
+
+    >>> image = np.array([[[[2, 5, 0]], [[8, 1, 0]]]])       # one 2x1 view: grey wall, green goal
+    >>> encode_minigrid(image, [3], "codes").tolist()
+    [[2.0, 5.0, 0.0, 8.0, 1.0, 0.0, 3.0]]
+    >>> np.flatnonzero(encode_minigrid(image, [3], "onehot")).tolist()  # 2, 11+5, 17+0; 20+8, ...
+    [2, 16, 17, 28, 32, 37, 43]
+    """
+    _check_encoding(encoding)
+    image = np.asarray(image, np.int64)
+    direction = np.asarray(direction, np.int64).reshape(-1)
+    if image.ndim != 4 or image.shape[-1] != 3 or len(direction) != len(image):
+        raise ValueError(f"need image [n, W, H, 3] and direction [n], got {image.shape} and "
+                         f"{direction.shape}")
+    sizes = np.array(MINIGRID_CHANNELS)
+    if (image < 0).any() or (image >= sizes).any() or not (
+            (0 <= direction) & (direction < MINIGRID_DIRECTIONS)).all():
+        raise ValueError(f"MiniGrid ids out of range: channels take {MINIGRID_CHANNELS} values, "
+                         f"directions {MINIGRID_DIRECTIONS}")
+    n = len(image)
+    cells = image.reshape(n, -1, 3)
+    if encoding == "codes":
+        return np.concatenate([cells.reshape(n, -1), direction[:, None]], 1).astype(np.float32)
+    block = int(sizes.sum())
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    hot = (np.arange(cells.shape[1])[None, :, None] * block + cells + offsets).reshape(n, -1)
+    onehot = np.zeros((n, cells.shape[1] * block + MINIGRID_DIRECTIONS), np.float32)
+    np.put_along_axis(onehot, hot, 1.0, axis=1)
+    onehot[np.arange(n), cells.shape[1] * block + direction] = 1.0
+    return onehot
+
+
 def require_gymnasium() -> Any:
     try:
         import gymnasium
@@ -97,56 +167,88 @@ def require_gymnasium() -> Any:
     return gymnasium
 
 
+def _make_probe(gym: Any, env_id: str, env_kwargs: dict[str, Any]) -> Any:
+    if env_id.startswith("MiniGrid"):
+        try:
+            import minigrid  # noqa: F401  (registers the MiniGrid-* ids)
+        except ImportError as error:
+            raise ImportError(f"{env_id} needs minigrid: {MINIGRID_EXTRA}") from error
+    try:
+        return gym.make(env_id, **env_kwargs)
+    except gym.error.Error as error:
+        raise ValueError(f"env {env_id!r} is not a gymnasium env here: {error}") from None
+    except TypeError as error:
+        raise ValueError(f"env {env_id!r} refuses env_kwargs {env_kwargs}: {error}") from None
+
+
 class GymVectorEnv:
     """``n_envs`` copies of a gymnasium env with a ``Discrete`` action space in a
-    ``SyncVectorEnv`` (same-step autoreset); ``Box`` observations are flattened, ``Discrete``
-    ones one-hot encoded (FrozenLake, Taxi)."""
+    ``SyncVectorEnv`` (same-step autoreset), each observation encoded to a flat float32 row:
+    ``Box`` observations flattened (``encoding`` does not apply), ``Discrete`` ones (FrozenLake,
+    Taxi) by :func:`encode_states` and MiniGrid's dict (its ``image`` and ``direction``; the
+    constant ``mission`` is dropped) by :func:`encode_minigrid`, as ``encoding`` says
+    (``codes`` or ``onehot``). ``n_actions`` keeps the first actions only (MiniGrid's first 3
+    are left, right, forward); ``None`` keeps all. ``env_kwargs`` go to ``gym.make``
+    (``{"is_slippery": False}``). ``is_categorical`` says whether the
+    features are category codes (a tree may split on them by equality)."""
 
-    def __init__(self, env_id: str, n_envs: int = 8) -> None:
+    def __init__(self, env_id: str, n_envs: int = 8, encoding: str = "onehot",
+                 n_actions: int | None = None, env_kwargs: dict[str, Any] | None = None) -> None:
         gym = require_gymnasium()
         if not isinstance(n_envs, int) or n_envs < 1:
             raise ValueError(f"n_envs must be a positive integer, got {n_envs!r}")
-        try:
-            probe = gym.make(env_id)
-        except gym.error.Error as error:
-            raise ValueError(f"env {env_id!r} is not a gymnasium env here: {error}") from None
+        _check_encoding(encoding)
+        env_kwargs = dict(env_kwargs or {})
+        probe = _make_probe(gym, env_id, env_kwargs)
         action_space, obs_space = probe.action_space, probe.observation_space
+        first_obs, _ = probe.reset(seed=0)  # a real one: a Box(0, 255) image samples junk ids
         probe.close()
         if not isinstance(action_space, gym.spaces.Discrete):
             raise ValueError(f"env {env_id!r} has action space {action_space}: PPO here needs a "
                              "Discrete one")
-        if isinstance(obs_space, gym.spaces.Discrete):
-            self._onehot: int | None = int(obs_space.n)
-            self.n_features = int(obs_space.n)
-        elif isinstance(obs_space, gym.spaces.Box):
-            self._onehot = None
-            self.n_features = int(np.prod(obs_space.shape))
-        else:
-            raise ValueError(f"env {env_id!r} has observation space {obs_space}: use a Box or "
-                             "Discrete one (wrap dict observations first)")
-        self.env_id, self.num_envs, self.n_actions = env_id, n_envs, int(action_space.n)
-        self._envs = gym.vector.SyncVectorEnv(
-            [lambda: gym.make(env_id) for _ in range(n_envs)],
-            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        if n_actions is not None and not (isinstance(n_actions, int)
+                                          and 2 <= n_actions <= action_space.n):
+            raise ValueError(f"n_actions must be an integer in [2, {action_space.n}] (the env's "
+                             f"first actions) or None for all, got {n_actions!r}")
+        self.obs_type, transform = self._transform(gym, env_id, obs_space, encoding)
+        self.is_categorical = self.obs_type != "box" and encoding == "codes"
+        self.env_id, self.num_envs, self.encoding = env_id, n_envs, encoding
+        self.n_actions = int(n_actions or action_space.n)
+        self.n_features = len(transform(first_obs))
+        box = gym.spaces.Box(-np.inf, np.inf, (self.n_features,), np.float32)
 
-    def encode(self, obs: np.ndarray) -> np.ndarray:
-        obs = np.asarray(obs)
-        if self._onehot is not None:
-            return np.eye(self._onehot, dtype=np.float32)[obs.astype(np.int64).reshape(-1)]
-        return obs.reshape(len(obs), -1).astype(np.float32)
+        def make() -> Any:
+            return gym.wrappers.TransformObservation(gym.make(env_id, **env_kwargs), transform,
+                                                     box)
+
+        self._envs = gym.vector.SyncVectorEnv(
+            [make for _ in range(n_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+    @staticmethod
+    def _transform(gym: Any, env_id: str, space: Any, encoding: str) -> tuple[str, Any]:
+        if isinstance(space, gym.spaces.Discrete):
+            n = int(space.n)
+            return "discrete", lambda obs: encode_states(obs, n, encoding)[0]
+        if isinstance(space, gym.spaces.Box):
+            return "box", lambda obs: np.asarray(obs, np.float32).reshape(-1)
+        if isinstance(space, gym.spaces.Dict) and {"image", "direction"} <= set(space.spaces):
+            return "minigrid", lambda obs: encode_minigrid(obs["image"][None], obs["direction"],
+                                                           encoding)[0]
+        raise ValueError(f"env {env_id!r} has observation space {space}: use a Box, a Discrete "
+                         "or MiniGrid's dict (image, direction) one")
 
     def reset(self, seed: int) -> np.ndarray:
         obs, _ = self._envs.reset(seed=seed)
         self._envs.action_space.seed(seed)
-        return self.encode(obs)
+        return np.asarray(obs, np.float32)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, ...]:
         obs, reward, terminated, truncated, info = self._envs.step(np.asarray(actions))
-        X = self.encode(obs)
+        X = np.asarray(obs, np.float32)
         final = X.copy()
         if "_final_obs" in info:
             for i in np.flatnonzero(info["_final_obs"]):
-                final[i] = self.encode(np.asarray(info["final_obs"][i])[None])[0]
+                final[i] = info["final_obs"][i]
         return X, np.asarray(reward, np.float64), terminated, truncated, final
 
     def close(self) -> None:
