@@ -279,4 +279,4 @@ def test_the_experiment_config_is_valid():
     from murmura.config import Experiment
 
     experiment = Experiment.from_toml(ROOT / "experiments/cbo/configs/grand_canyon.toml")
-    assert experiment.algorithm.name == "cbo" and experiment.task == "grand_canyon3_noisy"
+    assert experiment.algorithm.name == "cbo" and experiment.task.name == "grand_canyon3_noisy"

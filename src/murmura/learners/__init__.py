@@ -12,10 +12,21 @@
   categorical bandit); the ``gbrl`` kind.
 """
 
+import murmura.learners.gbnn_kind  # noqa: F401  (registers the gbnn kind)
 from murmura.learners.fewshot import cl2n, infer, kmeans, sample_tasks, simpleshot, slk
-from murmura.learners.gbnn import GBNNClassifier, GBNNRegressor
 from murmura.learners.gbrl import GradientBoostedTrees, TreeActorCritic
 from murmura.learners.ppo import MLPActorCritic, PPOConfig, train_ppo
+
+
+def __getattr__(name: str):
+    # GBNN's estimators subclass scikit-learn's, whose import costs about a second: loaded
+    # when first asked for, not on `import murmura`
+    if name in ("GBNNClassifier", "GBNNRegressor"):
+        from murmura.learners import gbnn
+
+        return getattr(gbnn, name)
+    raise AttributeError(f"module 'murmura.learners' has no attribute {name!r}")
+
 
 __all__ = ["GBNNClassifier", "GBNNRegressor", "GradientBoostedTrees", "MLPActorCritic",
            "PPOConfig", "TreeActorCritic", "cl2n", "infer", "kmeans", "sample_tasks", "simpleshot",
