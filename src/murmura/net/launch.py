@@ -87,6 +87,7 @@ class Launch:
         self.insecure, self.settings = insecure, settings
         self.checkpoint_every, self.log_level = checkpoint_every, log_level
         self.relay_idle_s = relay_idle_s
+        self._stopped = False  # stop() was called: nobody waits for the relay to finish
         self.command_line = command
         # where each peer listens and what its command runs under (a network namespace:
         # ["ip", "netns", "exec", NAME]); extra entries for the peers file (a test's
@@ -177,18 +178,30 @@ class Launch:
         return out
 
     def wait(self, timeout_s: float | None = None, display: Any = None) -> dict[str, int | None]:
-        """Until every node peer has exited (the server is then stopped), at most
-        ``timeout_s`` (then the remaining ones are killed); their exit codes."""
+        """Until every node peer has exited, at most ``timeout_s`` (then the remaining ones are
+        killed); then the server: given its idle time to exit by itself when every node
+        completed, else stopped; their exit codes."""
         end = None if timeout_s is None else time.monotonic() + timeout_s
         nodes = [p for p in self.ids if p != SERVER]
+        timed_out = False
         while any(self.processes[p].poll() is None for p in nodes):
             if end is not None and time.monotonic() > end:
+                timed_out = True
                 break
             if display is not None:
                 done = self.rounds_done()
                 display(min(done.values()) if done else 0)
             time.sleep(0.25)
         relay = self.processes.get(SERVER)
+        finished = not (self._stopped or timed_out) and all(
+            self.processes[p].returncode == 0 for p in nodes)
+        if relay is not None and relay.poll() is None and finished:
+            # it exits by itself after relay_idle_s of silence; a SIGTERM that lands after its
+            # loop ended (while it shuts down) would kill it with -15 though it completed
+            try:
+                relay.wait(self.relay_idle_s + 30.0)
+            except subprocess.TimeoutExpired:
+                pass
         if relay is not None and relay.poll() is None:
             relay.send_signal(signal.SIGTERM)
             try:
@@ -203,6 +216,7 @@ class Launch:
 
     def stop(self) -> None:
         """SIGTERM every peer (each finishes its round and checkpoints)."""
+        self._stopped = True
         for process in self.processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
