@@ -40,7 +40,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # gbrl's OpenMP threads only cont
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -49,9 +48,12 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # the arms both GBRL scripts share (also when loaded by path)
+    sys.path.insert(0, str(HERE))
+from gbrl_arms import ARMS, GBRL_TREES, mean_std, ppo_arm  # noqa: E402
+
 BANDIT_ARMS = ("gbt", "gbt_gbrl", "mlp")
-CARTPOLE_ARMS = ("gbrl", "trees_sklearn", "nn_ppo")
-GBRL_TREES = {"split_score": "cosine", "grow_policy": "oblivious", "n_bins": 250}
+CARTPOLE_ARMS = ARMS
 
 
 def bandit_run(arm: str, seed: int, samples: int) -> dict[str, Any]:
@@ -89,20 +91,11 @@ def bandit_run(arm: str, seed: int, samples: int) -> dict[str, Any]:
 
 
 def cartpole_run(arm: str, seed: int, steps: int) -> dict[str, Any]:
-    from murmura.learners.gbrl import TreeActorCritic
-    from murmura.learners.ppo import MLPActorCritic, PPOConfig, train_ppo
+    from murmura.learners.ppo import train_ppo
     from murmura.learners.rl_envs import GymVectorEnv
 
     env = GymVectorEnv("CartPole-v1", 8)
-    if arm == "nn_ppo":
-        learner: Any = MLPActorCritic(env.n_features, env.n_actions, lr=1e-3, seed=seed)
-        config = PPOConfig(vf_coef=1.0)
-    else:
-        learner = TreeActorCritic(env.n_features, env.n_actions, policy_lr=0.029,
-                                  value_lr=0.015, backend="gbrl" if arm == "gbrl" else "sklearn",
-                                  max_policy_grad_norm=100.0, max_value_grad_norm=10.0,
-                                  seed=seed, **(GBRL_TREES if arm == "gbrl" else {}))
-        config = PPOConfig()
+    learner, config = ppo_arm(arm, env.n_features, env.n_actions, seed)
     start = time.perf_counter()
     records = list(train_ppo(env, learner, config, steps, seed=seed))
     env.close()
@@ -110,10 +103,6 @@ def cartpole_run(arm: str, seed: int, steps: int) -> dict[str, Any]:
             "mean_return": [r["mean_return"] for r in records],
             "final_mean_return": records[-1]["mean_return"], "model_size": learner.size,
             "seconds": time.perf_counter() - start}
-
-
-def mean_std(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.mean(values), "std": statistics.pstdev(values)}
 
 
 def summarise(bandit: dict[str, list], cartpole: dict[str, list]) -> dict[str, Any]:

@@ -40,7 +40,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # gbrl's OpenMP threads only cont
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -51,8 +50,10 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-ARMS = ("gbrl", "trees_sklearn", "nn_ppo")
-GBRL_TREES = {"split_score": "cosine", "grow_policy": "oblivious", "n_bins": 250}
+if str(HERE) not in sys.path:  # the arms both GBRL scripts share (also when loaded by path)
+    sys.path.insert(0, str(HERE))
+from gbrl_arms import ARMS, mean_std, ppo_arm  # noqa: E402
+
 # name: (env id, gym.make kwargs, actions kept (None: all), success is measured)
 TASKS: dict[str, tuple[str, dict[str, Any], int | None, bool]] = {
     "FrozenLake-4x4-slippery": ("FrozenLake-v1", {}, None, True),
@@ -93,23 +94,13 @@ class EpisodeLog:
 
 
 def task_run(task: str, arm: str, seed: int, steps: int) -> dict[str, Any]:
-    from murmura.learners.gbrl import TreeActorCritic
-    from murmura.learners.ppo import MLPActorCritic, PPOConfig, train_ppo
+    from murmura.learners.ppo import train_ppo
     from murmura.learners.rl_envs import GymVectorEnv
 
     env_id, kwargs, n_actions, _ = TASKS[task]
     env = GymVectorEnv(env_id, 8, encoding="onehot" if arm == "nn_ppo" else "codes",
                        n_actions=n_actions, env_kwargs=kwargs)
-    if arm == "nn_ppo":
-        learner: Any = MLPActorCritic(env.n_features, env.n_actions, lr=1e-3, seed=seed)
-        config = PPOConfig(vf_coef=1.0)
-    else:
-        learner = TreeActorCritic(env.n_features, env.n_actions, policy_lr=0.029,
-                                  value_lr=0.015, backend="gbrl" if arm == "gbrl" else "sklearn",
-                                  max_policy_grad_norm=100.0, max_value_grad_norm=10.0,
-                                  seed=seed, categorical=arm == "gbrl",
-                                  **(GBRL_TREES if arm == "gbrl" else {}))
-        config = PPOConfig()
+    learner, config = ppo_arm(arm, env.n_features, env.n_actions, seed, categorical=True)
     log = EpisodeLog(env)
     start = time.perf_counter()
     records = list(train_ppo(log, learner, config, steps, seed=seed))
@@ -131,10 +122,6 @@ def _success_curve(returns: list[float], records: list[dict[str, Any]]) -> list[
         seen += record["episodes"]
         curve.append(float(np.mean(np.asarray(window) > 0)) if window else float("nan"))
     return curve
-
-
-def mean_std(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.mean(values), "std": statistics.pstdev(values)}
 
 
 def summarise(runs: dict[str, dict[str, list]]) -> dict[str, Any]:
